@@ -1,0 +1,52 @@
+"""The ``runwatch`` command. Each feature adds its sub-commands in its own ``cli.py``."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+from runwatch import __version__
+
+app = typer.Typer(
+    name="runwatch",
+    help="Keep-up production and data quality monitoring for physics experiments.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# Each module has register(app); listed here so that `runwatch --help` is complete.
+FEATURE_CLIS = (
+    "runwatch.setup_cli",
+    "runwatch.catalogue.cli",
+    "runwatch.ingest.cli",
+    "runwatch.workflow.cli",
+    "runwatch.jobs.cli",
+    "runwatch.web.cli",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"runwatch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """Keep-up production and data quality monitoring for physics experiments."""
+
+
+def build() -> typer.Typer:
+    for module in FEATURE_CLIS:
+        importlib.import_module(module).register(app)
+    return app
+
+
+def main() -> None:
+    build()()

@@ -1,0 +1,133 @@
+"""Settings: one TOML file plus ``RUNWATCH_*`` environment variables.
+
+The file is ``$RUNWATCH_CONFIG`` if set, else ``./runwatch.toml`` if it exists. Environment
+variables override it: ``RUNWATCH_DATABASE_URL`` for a top-level key, and a double underscore
+for a nested one, e.g. ``RUNWATCH_SCHEDULER__SLOTS=8``. Relative paths in the file are taken
+relative to the file's own folder, so a deployment folder can be moved as a whole.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_ENV = "RUNWATCH_CONFIG"
+DEFAULT_CONFIG_NAME = "runwatch.toml"
+
+
+class SchedulerSettings(BaseModel):
+    """How the scheduler daemon plans, submits and retries."""
+
+    tick_seconds: float = Field(1.0, gt=0, description="Longest sleep between two ticks.")
+    poll_seconds: float = Field(
+        0.05, gt=0, description="How often to look for new work between ticks."
+    )
+    slots: int = Field(0, ge=0, description="Thread slots for the executor; 0 = CPU count.")
+    order: str = Field("newest", pattern="^(newest|oldest)$", description="Keep-up order.")
+    backoff_seconds: float = Field(10.0, ge=0, description="First retry delay; doubles.")
+    backoff_max_seconds: float = Field(600.0, ge=0, description="Retry delay cap.")
+    heartbeat_timeout_seconds: float = Field(
+        120.0, gt=0, description="A running attempt silent this long is lost."
+    )
+    submit_grace_seconds: float = Field(
+        60.0, gt=0, description="A submitted attempt not started this long is lost."
+    )
+    lease_seconds: float = Field(15.0, gt=0, description="Scheduler lease duration.")
+    executor: str = Field("local", description="Executor plugin name.")
+
+
+class IngestSettings(BaseModel):
+    """Where file-ready messages come from."""
+
+    dropbox: str = Field("", description="Dropbox directory watched by the scheduler.")
+    dropbox_rescan_seconds: float = Field(30.0, gt=0)
+    name_pattern: str = Field(
+        r"^RUN\.(?P<run>\d+)\.(?P<detector>[A-Za-z0-9]+)\.(?P<stream>[A-Za-z0-9_-]+)\."
+        r"(?P<ds>ds-\d+)\.(?P<trigger>[A-Za-z0-9_-]+)\.(?P<created>\d{14})\."
+        r"(?P<sequence>\d+)_(?P<release>[A-Za-z0-9._-]+?)\.(?P<ext>\w+)$",
+        description="Regex with named groups run, stream, sequence, created (YYYYmmddHHMMSS).",
+    )
+    amqp_url: str = Field("", description="AMQP broker URL; empty disables the AMQP source.")
+    amqp_queue: str = Field("runwatch.files", description="Queue of file-ready messages.")
+    api_tokens: list[str] = Field(
+        default_factory=list, description="Bearer tokens accepted by POST /api/v1/messages."
+    )
+
+
+class Settings(BaseSettings):
+    """All of runwatch's settings."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RUNWATCH_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    database_url: str = Field(
+        "sqlite:///runwatch.db", description="SQLAlchemy URL of the one database."
+    )
+    data_root: str = Field("data", description="Where step outputs are stored.")
+    work_root: str = Field("work", description="Per-attempt work directories and logs.")
+    pipelines: str = Field("pipelines", description="Folder of pipeline YAML files.")
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)  # type: ignore[arg-type]
+    ingest: IngestSettings = Field(default_factory=IngestSettings)  # type: ignore[arg-type]
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = config_path()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    def resolve(self, base: Path) -> Settings:
+        """Make the relative paths absolute against ``base``."""
+        data: dict[str, Any] = self.model_dump()
+        for key in ("data_root", "work_root", "pipelines"):
+            data[key] = str((base / data[key]).resolve())
+        if data["ingest"]["dropbox"]:
+            data["ingest"]["dropbox"] = str((base / data["ingest"]["dropbox"]).resolve())
+        url: str = data["database_url"]
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+            data["database_url"] = prefix + str((base / url[len(prefix) :]).resolve())
+        return Settings.model_construct(
+            **{
+                **data,
+                "scheduler": SchedulerSettings(**data["scheduler"]),
+                "ingest": IngestSettings(**data["ingest"]),
+            }
+        )
+
+
+def config_path() -> Path | None:
+    """The TOML file in force, or None."""
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        path = Path(env)
+        if not path.is_file():
+            raise FileNotFoundError(f"{CONFIG_ENV}={env}: no such file")
+        return path
+    local = Path.cwd() / DEFAULT_CONFIG_NAME
+    return local if local.is_file() else None
+
+
+def load_settings() -> Settings:
+    """Read the settings in force, with paths made absolute."""
+    path = config_path()
+    base = path.parent if path is not None else Path.cwd()
+    return Settings().resolve(base)

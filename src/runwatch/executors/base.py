@@ -1,0 +1,87 @@
+"""The ``Executor`` interface: how the scheduler hands jobs to a batch system.
+
+An executor starts one job wrapper (``runwatch job run ATTEMPT``) per attempt on some
+machine. It does not record outcomes: the wrapper does that itself in the database (or via
+the HTTP API). The scheduler only asks the executor whether a job still exists, to notice
+jobs that died without a word, and asks it to kill jobs on timeout or cancel.
+
+Concurrency guarantees for implementers: one scheduler process calls an executor, from one
+thread, so methods need no locking. The scheduler may be killed at any instant and a new
+process may start with a new executor object: ``poll`` must answer for jobs submitted by an
+earlier process from ``external_id`` alone (store what you need in it).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Protocol, runtime_checkable
+
+from runwatch.config import Settings
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What the executor needs to start the wrapper for one attempt."""
+
+    attempt_id: int
+    task_key: str
+    threads: int
+    memory_mb: int
+    timeout_s: float
+    workdir: str
+    log_path: str
+    argv: Sequence[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"  # accepted by the batch system, not started
+    RUNNING = "running"
+    GONE = "gone"  # finished, killed or unknown to the batch system
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    status: JobStatus
+    exit_code: int | None = None
+    reason: str | None = None  # e.g. a hold reason or a pending reason
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """A batch system. Implement these four methods and register an entry point in the
+    ``runwatch.executors`` group; the class is built with the settings in force."""
+
+    name: str
+
+    def capacity(self) -> int:
+        """Thread slots this executor may fill at once (the scheduler counts them)."""
+        ...
+
+    def submit(self, jobs: Sequence[JobRequest]) -> list[str]:
+        """Start the jobs; return one external id per job, in order. Raise on failure to
+        submit any of them (the scheduler then retries those attempts)."""
+        ...
+
+    def poll(self, external_ids: Sequence[str]) -> dict[str, JobInfo]:
+        """Status of each job, in one call for all (no polling storm)."""
+        ...
+
+    def cancel(self, external_id: str) -> None:
+        """Kill the job, if it still exists. Must not raise for a job already gone."""
+        ...
+
+
+def load_executor(settings: Settings) -> Executor:
+    """Build the executor named in the settings, found through entry points."""
+    name = settings.scheduler.executor
+    found = {ep.name: ep for ep in entry_points(group="runwatch.executors")}
+    if name not in found:
+        known = ", ".join(sorted(found)) or "none"
+        raise LookupError(f"unknown executor {name!r} (installed: {known})")
+    cls = found[name].load()
+    executor: Executor = cls(settings)
+    return executor

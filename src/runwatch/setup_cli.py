@@ -1,0 +1,9 @@
+"""``runwatch init`` and ``runwatch db``: setting a deployment up."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this feature's commands to ``app``."""
