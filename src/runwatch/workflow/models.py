@@ -103,6 +103,9 @@ class Attempt(Base):
     wall_s: Mapped[float | None]
     cpu_s: Mapped[float | None]
     peak_rss_mb: Mapped[float | None]
+    spec: Mapped[dict[str, Any]] = mapped_column(
+        sa.JSON, default=dict, doc="The job as rendered at submit time; see jobs.spec."
+    )
     command: Mapped[str | None] = mapped_column(sa.Text)
     workdir: Mapped[str | None] = mapped_column(sa.String(1024))
     log_path: Mapped[str | None] = mapped_column(sa.String(1024))

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 18:01:44.976696
+Create Date: 2026-11-22 18:04:18.619131
 """
 
 from __future__ import annotations
@@ -221,6 +221,7 @@ def upgrade() -> None:
         sa.Column("wall_s", sa.Double(), nullable=True),
         sa.Column("cpu_s", sa.Double(), nullable=True),
         sa.Column("peak_rss_mb", sa.Double(), nullable=True),
+        sa.Column("spec", sa.JSON(), nullable=False),
         sa.Column("command", sa.Text(), nullable=True),
         sa.Column("workdir", sa.String(length=1024), nullable=True),
         sa.Column("log_path", sa.String(length=1024), nullable=True),
