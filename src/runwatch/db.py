@@ -28,6 +28,7 @@ NAMING_CONVENTION = {
 }
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+READONLY_OPTION = "runwatch_readonly"
 
 
 class Base(DeclarativeBase):
@@ -97,7 +98,11 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
 def _sqlite_on_begin(conn: sa.Connection) -> None:
     # IMMEDIATE takes the write lock at BEGIN, so two writers wait on the busy timeout
     # rather than failing with "database is locked" when a reader upgrades to a writer.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # Read-only sessions (Database.read_session) take a plain snapshot and block nobody.
+    if conn.get_execution_options().get(READONLY_OPTION):
+        conn.exec_driver_sql("BEGIN")
+    else:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class Database:
@@ -107,6 +112,9 @@ class Database:
         self.url = url
         self.engine = make_engine(url, **engine_kwargs)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.readers = sessionmaker(
+            self.engine.execution_options(**{READONLY_OPTION: True}), expire_on_commit=False
+        )
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -118,6 +126,15 @@ class Database:
             except BaseException:
                 session.rollback()
                 raise
+
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A session for reading only: on SQLite it takes no write lock."""
+        with self.readers() as session:
+            try:
+                yield session
+            finally:
+                session.rollback()
 
     def upgrade(self) -> None:
         upgrade(self.engine)

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from runwatch.catalogue.models import Run, RunStatus
 from runwatch.db import utcnow
 from runwatch.workflow.models import Attempt, Task, TaskDependency, TaskOutput
 from runwatch.workflow.states import (
+    TRANSITIONS,
     AttemptState,
     TaskState,
     backoff_seconds,
@@ -266,3 +268,80 @@ def unblock_dependents(session: Session, task_id: int, now: dt.datetime) -> None
         dep_id = pending.pop()
         if transition(session, dep_id, TaskState.BLOCKED, TaskState.WAITING, now=now, reason=None):
             pending.extend(dependents(session, dep_id))
+
+
+class OperatorError(Exception):
+    """An operator's request that cannot be carried out, with the reason."""
+
+
+RETRYABLE = (TaskState.FAILED, TaskState.CANCELLED, TaskState.DONE)
+
+
+def retry_task(session: Session, task_id: int, now: dt.datetime) -> Task:
+    """An operator re-runs a task: FAILED, CANCELLED or DONE → READY with fresh retries."""
+    task = session.get(Task, task_id)
+    if task is None:
+        raise OperatorError(f"no task {task_id}")
+    if task.state not in RETRYABLE:
+        raise OperatorError(
+            f"task {task_id} is {task.state.value}; only failed, cancelled or done tasks "
+            "can be retried"
+        )
+    if not transition(
+        session,
+        task_id,
+        task.state,
+        TaskState.READY,
+        now=now,
+        failures=0,
+        not_before=None,
+        reason=None,
+        finished_at=None,
+    ):
+        raise OperatorError(f"task {task_id} changed state meanwhile; try again")
+    unblock_dependents(session, task_id, now)
+    _reopen_run(session, task.run_id, now)
+    session.refresh(task)
+    return task
+
+
+def cancel_task(session: Session, task_id: int, now: dt.datetime) -> Task:
+    """An operator stops a task. A running job notices at its next heartbeat and stops;
+    the scheduler also kills it through the executor."""
+    task = session.get(Task, task_id)
+    if task is None:
+        raise OperatorError(f"no task {task_id}")
+    if TaskState.CANCELLED not in TRANSITIONS[task.state]:
+        raise OperatorError(f"task {task_id} is {task.state.value} and cannot be cancelled")
+    open_attempt = session.scalar(
+        sa.select(Attempt).where(
+            Attempt.task_id == task_id,
+            Attempt.state.in_([AttemptState.SUBMITTED, AttemptState.RUNNING]),
+        )
+    )
+    if open_attempt is not None:
+        attempt_transition(
+            session,
+            open_attempt.id,
+            open_attempt.state,
+            AttemptState.CANCELLED,
+            ended_at=now,
+            reason="cancelled by operator",
+        )
+    if not transition(
+        session, task_id, task.state, TaskState.CANCELLED, now=now, reason="cancelled by operator"
+    ):
+        raise OperatorError(f"task {task_id} changed state meanwhile; try again")
+    block_dependents(session, task_id, now)
+    session.refresh(task)
+    return task
+
+
+def _reopen_run(session: Session, run_id: int, now: dt.datetime) -> None:
+    session.execute(
+        sa.update(Run)
+        .where(
+            Run.id == run_id, Run.status.in_([RunStatus.ALL_COMPLETED, RunStatus.PARTLY_COMPLETED])
+        )
+        .values(status=RunStatus.REC_RUNNING, completed_at=None, updated_at=now)
+    )

@@ -24,7 +24,8 @@ class TaskState(enum.StrEnum):
 
 TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     TaskState.WAITING: frozenset({TaskState.READY, TaskState.BLOCKED, TaskState.CANCELLED}),
-    TaskState.READY: frozenset({TaskState.SUBMITTED, TaskState.CANCELLED}),
+    # READY -> FAILED: the job cannot even be described (its command template fails).
+    TaskState.READY: frozenset({TaskState.SUBMITTED, TaskState.FAILED, TaskState.CANCELLED}),
     TaskState.SUBMITTED: frozenset(
         {TaskState.RUNNING, TaskState.RETRYING, TaskState.FAILED, TaskState.CANCELLED}
     ),

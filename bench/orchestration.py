@@ -1,0 +1,342 @@
+"""Orchestration benchmark (issue 2): how much the engine itself costs per task.
+
+Workload: 4 runs x 25 files x 3 file-scoped steps + 1 run-scoped merge = 304 tasks, no-op
+commands, 2 slots, real processes: ``runwatch scheduler`` (local executor) and
+``runwatch serve``; messages are POSTed over HTTP like a transfer system would.
+
+Phase 1 (throughput): all messages at once; wall time from the first message to every run
+All Completed; overhead per task = (wall - commands' own time / slots) / tasks.
+Phase 2 (latency): 2 more runs whose files arrive one every 200 ms (slower than the engine
+drains them); message-to-first-start = first attempt's start - message's receipt.
+Both phases again with 100,000 finished tasks already in the database (--preload).
+
+    python bench/orchestration.py --db sqlite
+    python bench/orchestration.py --db postgres --url postgresql+psycopg://ci:ci@127.0.0.1/citest
+
+The last line is RESULT {json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+from runwatch.catalogue.models import File, Run, RunStatus
+from runwatch.db import Base, Database, import_all_models, utcnow
+from runwatch.ingest.models import ReceivedMessage
+from runwatch.workflow.models import Attempt, PipelineRevision, Task
+from runwatch.workflow.states import TaskState
+
+PIPELINE = """\
+name: noop
+streams: [Physics]
+steps:
+  calib: {command: "true"}
+  rec: {command: "true", needs: [calib]}
+  hist: {command: "true", needs: [rec]}
+  merge: {command: "true", scope: run, needs: [hist]}
+"""
+
+CONFIG = """\
+database_url = "{url}"
+data_root = "{root}/data"
+work_root = "{root}/work"
+pipelines = "{root}/pipelines"
+
+[scheduler]
+slots = 2
+tick_seconds = 1.0
+poll_seconds = 0.02
+
+[ingest]
+api_tokens = ["bench-token"]
+"""
+
+TOKEN = {"Authorization": "Bearer bench-token"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def reset(url: str) -> Database:
+    import_all_models()
+    db = Database(url)
+    if not url.startswith("sqlite"):
+        with db.engine.begin() as conn:
+            Base.metadata.drop_all(conn)
+            conn.execute(sa.text("DROP TABLE IF EXISTS alembic_version"))
+    db.upgrade()
+    return db
+
+
+def preload(db: Database, tasks: int) -> None:
+    """History: finished runs with DONE tasks (what a year of keep-up leaves behind)."""
+    per_run_files = 25
+    runs = tasks // (per_run_files * 4)
+    now = utcnow()
+    with db.session() as s:
+        rev = PipelineRevision(
+            name="noop", digest="0" * 64, path="-", content=PIPELINE, loaded_at=now
+        )
+        s.add(rev)
+        s.flush()
+        rev_id = rev.id
+    for first in range(0, runs, 100):
+        with db.session() as s:
+            batch = range(first, min(runs, first + 100))
+            s.execute(
+                sa.insert(Run),
+                [
+                    {
+                        "id": 1 + r,
+                        "number": 1 + r,
+                        "stream": "Physics",
+                        "status": RunStatus.ALL_COMPLETED,
+                        "n_files": per_run_files,
+                        "n_bytes": 0,
+                        "updated_at": now,
+                        "end_of_run_at": now,
+                        "expected_files": per_run_files,
+                    }
+                    for r in batch
+                ],
+            )
+            s.execute(
+                sa.insert(File),
+                [
+                    {
+                        "id": 1 + r * per_run_files + f,
+                        "run_id": 1 + r,
+                        "name": f"hist.{r}.{f}",
+                        "url": f"file:///h/{r}/{f}",
+                        "stream": "Physics",
+                        "sequence": f + 1,
+                        "registered_at": now,
+                        "planned_at": now,
+                        "meta": {},
+                    }
+                    for r in batch
+                    for f in range(per_run_files)
+                ],
+            )
+            rows = []
+            for r in batch:
+                for f in range(per_run_files):
+                    fid = 1 + r * per_run_files + f
+                    rows += [
+                        _done_task(rev_id, step, 1 + r, fid, now)
+                        for step in ("calib", "rec", "hist")
+                    ]
+                rows.append(_done_task(rev_id, "merge", 1 + r, None, now))
+            s.execute(sa.insert(Task), rows)
+    if db.engine.dialect.name == "postgresql":
+        for table in ("runs", "files", "tasks"):
+            with db.engine.begin() as conn:
+                conn.execute(
+                    sa.text(
+                        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                        f"(SELECT max(id) FROM {table}))"
+                    )
+                )
+                conn.execute(sa.text(f"ANALYZE {table}"))
+
+
+def _done_task(
+    rev_id: int, step: str, run_id: int, file_id: int | None, now: Any
+) -> dict[str, Any]:
+    key = f"noop/{step}/file:{file_id}" if file_id else f"noop/{step}/run:{run_id}"
+    return {
+        "key": key,
+        "revision_id": rev_id,
+        "pipeline": "noop",
+        "step": step,
+        "scope": "file" if file_id else "run",
+        "run_id": run_id,
+        "file_id": file_id,
+        "final": True,
+        "state": TaskState.DONE,
+        "priority_at": now,
+        "threads": 1,
+        "memory_mb": 0,
+        "timeout_s": 0.0,
+        "retries": 0,
+        "failures": 0,
+        "inputs": [],
+        "created_at": now,
+        "updated_at": now,
+        "finished_at": now,
+    }
+
+
+def message(run: int, seq: int, files: int) -> dict[str, Any]:
+    name = f"RUN.{run}.JUNODAQ.Physics.ds-2.global_trigger.20250826120000.{seq:03d}_J25.rtraw"
+    return {
+        "name": name,
+        "url": f"file:///raw/{name}",
+        "run": run,
+        "stream": "Physics",
+        "sequence": seq,
+        "size": 1,
+        "created": f"2025-08-26T12:00:{seq % 60:02d}Z",
+        "end_of_run": seq == files,
+        "metadata": {},
+    }
+
+
+def wait_runs(db: Database, runs: list[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with db.session() as s:
+            done = s.scalar(
+                sa.select(sa.func.count()).where(
+                    Run.number.in_(runs), Run.status == RunStatus.ALL_COMPLETED
+                )
+            )
+        if done == len(runs):
+            return
+        time.sleep(0.01)
+    raise RuntimeError(f"runs {runs} not All Completed after {timeout} s")
+
+
+def throughput(db: Database, client: httpx.Client, base_run: int) -> dict[str, float]:
+    runs = [base_run + i for i in range(4)]
+    start = time.monotonic()
+    body = [message(run, seq, 25) for seq in range(1, 26) for run in runs]
+    client.post("/api/v1/messages", json=body, headers=TOKEN).raise_for_status()
+    wait_runs(db, runs, 300)
+    wall = time.monotonic() - start
+    with db.session() as s:
+        n_tasks, cmd = s.execute(
+            sa.select(sa.func.count(Attempt.id), sa.func.coalesce(sa.func.sum(Attempt.wall_s), 0))
+            .join(Task, Task.id == Attempt.task_id)
+            .join(Run, Run.id == Task.run_id)
+            .where(Run.number.in_(runs))
+        ).one()
+    overhead = (wall - float(cmd) / 2) / n_tasks
+    return {
+        "tasks": n_tasks,
+        "wall_s": round(wall, 3),
+        "overhead_ms_per_task": round(1000 * overhead, 2),
+    }
+
+
+def latency(db: Database, client: httpx.Client, base_run: int) -> dict[str, float]:
+    runs = [base_run, base_run + 1]
+    for seq in range(1, 26):
+        for run in runs:
+            client.post(
+                "/api/v1/messages", json=message(run, seq, 25), headers=TOKEN
+            ).raise_for_status()
+            time.sleep(0.1)
+    wait_runs(db, runs, 300)
+    with db.session() as s:
+        rows = s.execute(
+            sa.select(ReceivedMessage.received_at, sa.func.min(Attempt.started_at))
+            .join(Task, Task.file_id == ReceivedMessage.file_id)
+            .join(Attempt, Attempt.task_id == Task.id)
+            .join(Run, Run.id == Task.run_id)
+            .where(Run.number.in_(runs), ReceivedMessage.status == "accepted")
+            .group_by(ReceivedMessage.id, ReceivedMessage.received_at)
+        ).all()
+    lat = sorted((started - received).total_seconds() * 1000 for received, started in rows)
+    p99 = lat[min(len(lat) - 1, round(0.99 * (len(lat) - 1)))]
+    return {
+        "msg_to_start_p50_ms": round(statistics.median(lat), 1),
+        "msg_to_start_p99_ms": round(p99, 1),
+    }
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+def measure(url: str, root: Path, preload_tasks: int) -> dict[str, Any]:
+    db = reset(url)
+    if preload_tasks:
+        preload(db, preload_tasks)
+    (root / "pipelines").mkdir(parents=True, exist_ok=True)
+    (root / "pipelines" / "noop.yaml").write_text(PIPELINE)
+    (root / "runwatch.toml").write_text(CONFIG.format(url=url, root=root))
+    env = {**os.environ, "RUNWATCH_CONFIG": str(root / "runwatch.toml")}
+    port = free_port()
+    logs = open(root / "daemons.log", "ab")  # noqa: SIM115
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "runwatch", *args],
+            env=env,
+            stdout=logs,
+            stderr=subprocess.STDOUT,
+        )
+        for args in (["scheduler"], ["serve", "--port", str(port)])
+    ]
+    try:
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+        _wait_up(client, db)
+        figures: dict[str, Any] = throughput(db, client, 900_001)
+        figures.update(latency(db, client, 900_101))
+        figures["peak_rss_mb"] = peak_rss_mb(procs[0].pid)
+        return figures
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(30)
+        db.dispose()
+
+
+def _wait_up(client: httpx.Client, db: Database) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if client.get("/api/v1/health").status_code == 200:
+                with db.session() as s:
+                    if s.execute(sa.text("SELECT holder FROM scheduler_lease")).first():
+                        return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("scheduler or server did not come up")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--db", choices=["sqlite", "postgres", "mariadb"], default="sqlite")
+    parser.add_argument("--url", help="database URL for postgres/mariadb")
+    parser.add_argument(
+        "--preload",
+        type=int,
+        default=100_000,
+        help="finished tasks already in the database for the second pass",
+    )
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="rw-bench-") as tmp:
+        root = Path(tmp)
+        url = args.url or f"sqlite:///{root}/runwatch.db"
+        empty = measure(url, root / "empty", 0)
+        print(f"empty database: {json.dumps(empty)}", flush=True)
+        url2 = args.url or f"sqlite:///{root}/runwatch-preloaded.db"
+        loaded = measure(url2, root / "preloaded", args.preload)
+        print(f"with {args.preload} tasks already: {json.dumps(loaded)}", flush=True)
+    result = {"db": args.db, **empty, "with_preloaded_tasks": args.preload, "preloaded": loaded}
+    print("RESULT " + json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

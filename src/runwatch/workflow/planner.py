@@ -1,0 +1,290 @@
+"""The planner: turns catalogued files and runs into tasks.
+
+File-scoped steps get one task per file as soon as the file is catalogued. Run-scoped steps
+get a final task once the run has ended and all its files are in, and, with a batch rule,
+one task per N files whose needed steps are done while the run is still being taken.
+Task keys are unique, so planning twice (a restart mid-tick) never makes a task twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Iterable
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from runwatch.catalogue.models import File, Run, RunStatus
+from runwatch.workflow.models import Task, TaskDependency
+from runwatch.workflow.revisions import PipelineBook, RevisionCache
+from runwatch.workflow.spec import Pipeline, Step
+from runwatch.workflow.states import TaskState
+
+ACTIVE_RUN = (RunStatus.DATA_TAKING, RunStatus.REC_RUNNING)
+DEAD_END = (TaskState.FAILED, TaskState.BLOCKED, TaskState.CANCELLED)
+
+
+def file_task_key(pipeline: str, step: str, file_id: int) -> str:
+    return f"{pipeline}/{step}/file:{file_id}"
+
+
+def run_task_key(pipeline: str, step: str, run_id: int, batch: int | None) -> str:
+    suffix = "" if batch is None else f"/batch:{batch}"
+    return f"{pipeline}/{step}/run:{run_id}{suffix}"
+
+
+def plan_new_files(session: Session, book: PipelineBook, now: dt.datetime, limit: int = 500) -> int:
+    """Make the file-scoped tasks of files not planned yet; returns tasks made."""
+    files = session.scalars(
+        sa.select(File).where(File.planned_at.is_(None)).order_by(File.id).limit(limit)
+    ).all()
+    made = 0
+    for file in files:
+        for revision_id, pipeline in book.for_stream(file.stream):
+            made += _plan_file(session, file, revision_id, pipeline, now)
+        file.planned_at = now
+        if file.run.status not in ACTIVE_RUN:  # a late file reopens a finished run
+            file.run.status = RunStatus.REC_RUNNING
+            file.run.completed_at = None
+    session.flush()
+    return made
+
+
+def _plan_file(
+    session: Session, file: File, revision_id: int, pipeline: Pipeline, now: dt.datetime
+) -> int:
+    made: dict[str, Task] = {}
+    for step in pipeline.steps.values():
+        if step.scope != "file":
+            continue
+        needs = [made[name] for name in step.needs]
+        task = _new_task(
+            pipeline,
+            step,
+            revision_id,
+            now,
+            key=file_task_key(pipeline.name, step.name, file.id),
+            run_id=file.run_id,
+            file_id=file.id,
+            priority_at=file.created_at or file.registered_at,
+            state=TaskState.WAITING if needs else TaskState.READY,
+        )
+        session.add(task)
+        session.flush()
+        session.add_all(TaskDependency(task_id=task.id, needs_id=n.id) for n in needs)
+        made[step.name] = task
+    return len(made)
+
+
+def _new_task(
+    pipeline: Pipeline, step: Step, revision_id: int, now: dt.datetime, **values: object
+) -> Task:
+    return Task(
+        revision_id=revision_id,
+        pipeline=pipeline.name,
+        step=step.name,
+        scope=step.scope,
+        threads=step.threads,
+        memory_mb=step.memory_mb,
+        timeout_s=step.timeout_s,
+        retries=step.retries,
+        failures=0,
+        inputs=[],
+        created_at=now,
+        updated_at=now,
+        **values,
+    )
+
+
+def run_is_complete(session: Session, run: Run) -> bool:
+    """All of the run's files are in: end of run seen, none missing, all planned."""
+    if run.end_of_run_at is None:
+        return False
+    if run.expected_files is not None and run.n_files < run.expected_files:
+        return False
+    unplanned = session.scalar(
+        sa.select(sa.func.count()).where(File.run_id == run.id, File.planned_at.is_(None))
+    )
+    return unplanned == 0
+
+
+def plan_run_tasks(
+    session: Session, revisions: RevisionCache, now: dt.datetime, runs: Iterable[Run]
+) -> int:
+    """Make the run-scoped tasks that are due for these runs; returns tasks made."""
+    made = 0
+    for run in runs:
+        complete = run_is_complete(session, run)
+        for revision_id in _run_revisions(session, run.id):
+            pipeline = revisions.get(session, revision_id)
+            for step in pipeline.steps.values():
+                if step.scope != "run":
+                    continue
+                if complete:
+                    made += _plan_final(session, run, revision_id, pipeline, step, now)
+                elif step.batch:
+                    made += _plan_batches(session, run, revision_id, pipeline, step, now)
+    session.flush()
+    return made
+
+
+def _run_revisions(session: Session, run_id: int) -> list[int]:
+    """The newest revision of each pipeline that planned the run's files."""
+    rows = session.execute(
+        sa.select(Task.pipeline, sa.func.max(Task.revision_id))
+        .where(Task.run_id == run_id, Task.scope == "file")
+        .group_by(Task.pipeline)
+    ).all()
+    return sorted(rev for _, rev in rows)
+
+
+def _needed_tasks(session: Session, run_id: int, pipeline: str, needs: Iterable[str]) -> list[Task]:
+    return list(
+        session.scalars(
+            sa.select(Task).where(
+                Task.run_id == run_id,
+                Task.pipeline == pipeline,
+                Task.step.in_(list(needs)),
+                Task.final.is_(True),
+            )
+        )
+    )
+
+
+def _plan_final(
+    session: Session, run: Run, revision_id: int, pipeline: Pipeline, step: Step, now: dt.datetime
+) -> int:
+    key = run_task_key(pipeline.name, step.name, run.id, None)
+    if session.scalar(sa.select(Task.id).where(Task.key == key)) is not None:
+        return 0
+    needs = _needed_tasks(session, run.id, pipeline.name, step.needs)
+    _add_run_task(session, run, revision_id, pipeline, step, now, key, None, needs)
+    return 1
+
+
+def _add_run_task(
+    session: Session,
+    run: Run,
+    revision_id: int,
+    pipeline: Pipeline,
+    step: Step,
+    now: dt.datetime,
+    key: str,
+    batch: int | None,
+    needs: list[Task],
+) -> Task:
+    states = {t.state for t in needs}
+    if states & set(DEAD_END):
+        state, reason = TaskState.BLOCKED, "a needed task failed for good"
+    elif states <= {TaskState.DONE}:
+        state, reason = TaskState.READY, None
+    else:
+        state, reason = TaskState.WAITING, None
+    task = _new_task(
+        pipeline,
+        step,
+        revision_id,
+        now,
+        key=key,
+        run_id=run.id,
+        file_id=None,
+        batch=batch,
+        final=batch is None,
+        state=state,
+        reason=reason,
+        priority_at=run.ended_at or run.started_at or now,
+        finished_at=now if state is TaskState.BLOCKED else None,
+    )
+    session.add(task)
+    session.flush()
+    session.add_all(TaskDependency(task_id=task.id, needs_id=n.id) for n in needs)
+    return task
+
+
+def _plan_batches(
+    session: Session, run: Run, revision_id: int, pipeline: Pipeline, step: Step, now: dt.datetime
+) -> int:
+    """While the run is taken: one task per ``step.batch`` new files whose needs are done."""
+    assert step.batch
+    needed = _needed_tasks(session, run.id, pipeline.name, step.needs)
+    by_file: dict[int, list[Task]] = defaultdict(list)
+    for task in needed:
+        if task.file_id is not None:
+            by_file[task.file_id].append(task)
+    ready_files = sorted(
+        fid
+        for fid, tasks in by_file.items()
+        if len(tasks) == len(step.needs) and all(t.state is TaskState.DONE for t in tasks)
+    )
+    batches = list(
+        session.scalars(
+            sa.select(Task).where(
+                Task.run_id == run.id,
+                Task.pipeline == pipeline.name,
+                Task.step == step.name,
+                Task.final.is_(False),
+            )
+        )
+    )
+    covered = (
+        set(
+            session.scalars(
+                sa.select(Task.file_id)
+                .join(TaskDependency, TaskDependency.needs_id == Task.id)
+                .where(TaskDependency.task_id.in_([b.id for b in batches]))
+            )
+        )
+        if batches
+        else set()
+    )
+    fresh = [fid for fid in ready_files if fid not in covered]
+    made = 0
+    while len(fresh) >= step.batch:
+        group, fresh = fresh[: step.batch], fresh[step.batch :]
+        number = len(batches) + made + 1
+        key = run_task_key(pipeline.name, step.name, run.id, number)
+        needs = [t for fid in group for t in by_file[fid]]
+        _add_run_task(session, run, revision_id, pipeline, step, now, key, number, needs)
+        made += 1
+    return made
+
+
+def update_run_statuses(session: Session, now: dt.datetime, runs: Iterable[Run]) -> int:
+    """Derive each run's status from its files and tasks; returns runs whose status changed."""
+    changed = 0
+    for run in runs:
+        counts = dict(
+            session.execute(
+                sa.select(Task.state, sa.func.count())
+                .where(Task.run_id == run.id)
+                .group_by(Task.state)
+            )
+            .tuples()
+            .all()
+        )
+        status = derive_run_status(run_is_complete(session, run), counts)
+        if status is not run.status:
+            run.status = status
+            run.updated_at = now
+            final = status in (RunStatus.ALL_COMPLETED, RunStatus.PARTLY_COMPLETED)
+            run.completed_at = now if final else None
+            changed += 1
+    session.flush()
+    return changed
+
+
+def derive_run_status(complete: bool, counts: dict[TaskState, int]) -> RunStatus:
+    """Pure: a run's status from whether its files are all in and its task counts by state."""
+    if not complete:
+        return RunStatus.DATA_TAKING
+    settled = TaskState.DONE, *DEAD_END
+    if any(n for state, n in counts.items() if state not in settled):
+        return RunStatus.REC_RUNNING
+    if any(counts.get(state, 0) for state in DEAD_END):
+        return RunStatus.PARTLY_COMPLETED
+    return RunStatus.ALL_COMPLETED
+
+
+def active_runs(session: Session) -> list[Run]:
+    return list(session.scalars(sa.select(Run).where(Run.status.in_(ACTIVE_RUN))))

@@ -1,0 +1,358 @@
+"""The scheduler daemon: plan, submit, supervise, and keep run statuses current.
+
+``Scheduler.run_once`` is one tick; ``Scheduler.serve`` drives ticks while holding the
+lease, waking as soon as a message arrives or a job ends. All state lives in the database,
+so the process may be killed at any instant and a new one carries on where it stopped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from runwatch.config import Settings
+from runwatch.db import Database, utcnow
+from runwatch.executors.base import Executor, JobRequest, JobStatus
+from runwatch.ingest.models import ReceivedMessage
+from runwatch.workflow import lease, planner
+from runwatch.workflow.models import Attempt, Task
+from runwatch.workflow.render import render_job
+from runwatch.workflow.revisions import (
+    PipelineBook,
+    PipelineFolder,
+    RevisionCache,
+    record_revisions,
+)
+from runwatch.workflow.service import (
+    AttemptOutcome,
+    RetryPolicy,
+    block_dependents,
+    finish_attempt,
+    transition,
+)
+from runwatch.workflow.states import ACTIVE, ATTEMPT_OPEN, AttemptState, TaskState
+from runwatch.workflow.supervise import Limits, OpenAttempt, judge
+from runwatch.workflow.templates import TemplateError
+
+log = logging.getLogger(__name__)
+
+CANCEL_SWEEP = dt.timedelta(minutes=10)
+
+
+@dataclass
+class TickReport:
+    planned: int = 0
+    submitted: int = 0
+    ended: int = 0
+    runs_changed: int = 0
+
+    def busy(self) -> bool:
+        return bool(self.planned or self.submitted or self.ended or self.runs_changed)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        executor: Executor,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.executor = executor
+        self.clock = clock
+        self.folder = PipelineFolder(settings.pipelines)
+        self.book = PipelineBook()
+        self.revisions = RevisionCache()
+        self.policy = RetryPolicy(
+            settings.scheduler.backoff_seconds, settings.scheduler.backoff_max_seconds
+        )
+        self.limits = Limits(
+            settings.scheduler.heartbeat_timeout_seconds, settings.scheduler.submit_grace_seconds
+        )
+
+    # -- one tick -------------------------------------------------------------------------
+
+    def run_once(self) -> TickReport:
+        report = TickReport()
+        now = self.clock()
+        with self.db.session() as session:
+            if self.folder.refresh() or not self.book.current:
+                self.book = record_revisions(session, self.folder.loaded)
+            report.planned += planner.plan_new_files(session, self.book, now)
+            _end_backoffs(session, now)
+            runs = planner.active_runs(session)
+            report.planned += planner.plan_run_tasks(session, self.revisions, now, runs)
+        report.ended += self.supervise()
+        report.submitted += self.submit_ready()
+        with self.db.session() as session:
+            runs = planner.active_runs(session)
+            report.runs_changed += planner.update_run_statuses(session, self.clock(), runs)
+        return report
+
+    # -- submitting -----------------------------------------------------------------------
+
+    def submit_ready(self) -> int:
+        """Hand READY tasks to the executor, newest data first, within its thread slots."""
+        with self.db.session() as session:
+            chosen = self._choose(session)
+            prepared = [job for task in chosen if (job := self._prepare(session, task))]
+        if not prepared:
+            return 0
+        try:
+            ids = self.executor.submit([job for _, job in prepared])
+        except Exception as exc:  # the batch system refused: retry these attempts later
+            log.exception("submission of %d jobs failed", len(prepared))
+            self._fail_submission([a for a, _ in prepared], f"submission failed: {exc}")
+            return 0
+        with self.db.session() as session:
+            for (attempt_id, _), external_id in zip(prepared, ids, strict=True):
+                session.execute(
+                    sa.update(Attempt)
+                    .where(Attempt.id == attempt_id)
+                    .values(external_id=external_id)
+                )
+        return len(prepared)
+
+    def _choose(self, session: Session) -> list[Task]:
+        used = (
+            session.scalar(
+                sa.select(sa.func.coalesce(sa.func.sum(Task.threads), 0)).where(
+                    Task.state.in_(list(ACTIVE))
+                )
+            )
+            or 0
+        )
+        free = self.executor.capacity() - int(used)
+        if free <= 0:
+            return []
+        order = (
+            Task.priority_at.desc()
+            if self.settings.scheduler.order == "newest"
+            else Task.priority_at.asc()
+        )
+        candidates = session.scalars(
+            sa.select(Task)
+            .where(Task.state == TaskState.READY)
+            .order_by(order, Task.id)
+            .limit(max(4 * free, 16))
+        ).all()
+        chosen = []
+        for task in candidates:  # threads-aware: skip a task that does not fit the slots left
+            if task.threads <= free or (not chosen and task.threads > self.executor.capacity()):
+                chosen.append(task)
+                free -= min(task.threads, free)
+            if free <= 0:
+                break
+        return chosen
+
+    def _prepare(self, session: Session, task: Task) -> tuple[int, JobRequest] | None:
+        now = self.clock()
+        number = 1 + (
+            session.scalar(sa.select(sa.func.max(Attempt.number)).where(Attempt.task_id == task.id))
+            or 0
+        )
+        try:
+            pipeline = self.revisions.get(session, task.revision_id)
+            job = render_job(session, task, pipeline, self.settings, number)
+        except (TemplateError, KeyError, LookupError) as exc:
+            if transition(
+                session,
+                task.id,
+                TaskState.READY,
+                TaskState.FAILED,
+                now=now,
+                reason=f"cannot render the job: {exc}",
+            ):
+                block_dependents(session, task.id, now)
+            return None
+        attempt = Attempt(
+            task_id=task.id,
+            number=number,
+            state=AttemptState.SUBMITTED,
+            executor=self.executor.name,
+            submitted_at=now,
+            spec=dict(job.spec),
+            command=job.spec["command"],
+            workdir=job.workdir,
+            log_path=job.log_path,
+        )
+        session.add(attempt)
+        session.flush()
+        if not transition(session, task.id, TaskState.READY, TaskState.SUBMITTED, now=now):
+            session.delete(attempt)
+            return None
+        request = JobRequest(
+            attempt_id=attempt.id,
+            task_key=task.key,
+            threads=task.threads,
+            memory_mb=task.memory_mb,
+            timeout_s=task.timeout_s,
+            workdir=job.workdir,
+            log_path=job.log_path,
+            argv=("runwatch", "job", "run", str(attempt.id)),
+            env={"RUNWATCH_DATABASE_URL": self.settings.database_url},
+        )
+        return attempt.id, request
+
+    def _fail_submission(self, attempt_ids: Sequence[int], reason: str) -> None:
+        outcome = AttemptOutcome(state=AttemptState.FAILED, reason=reason)
+        for attempt_id in attempt_ids:
+            with self.db.session() as session:
+                finish_attempt(
+                    session,
+                    attempt_id,
+                    outcome,
+                    self.policy,
+                    self.clock(),
+                    expect=AttemptState.SUBMITTED,
+                )
+
+    # -- supervising ----------------------------------------------------------------------
+
+    def supervise(self) -> int:
+        """End attempts whose job vanished, timed out or went silent; kill cancelled jobs."""
+        with self.db.session() as session:
+            open_attempts = [
+                _open(a, t)
+                for a, t in session.execute(
+                    sa.select(Attempt, Task.timeout_s)
+                    .join(Task, Task.id == Attempt.task_id)
+                    .where(Attempt.state.in_(list(ATTEMPT_OPEN)))
+                ).tuples()
+            ]
+            cancelled = list(
+                session.scalars(
+                    sa.select(Attempt.external_id).where(
+                        Attempt.state == AttemptState.CANCELLED,
+                        Attempt.ended_at > self.clock() - CANCEL_SWEEP,
+                        Attempt.external_id.is_not(None),
+                    )
+                )
+            )
+        ids = [a.external_id for a in open_attempts if a.external_id] + cancelled
+        infos = self.executor.poll(ids) if ids else {}
+        for external_id in cancelled:
+            info = infos.get(external_id)
+            if info is not None and info.status is not JobStatus.GONE:
+                self.executor.cancel(external_id)
+        ended = 0
+        now = self.clock()
+        for attempt in open_attempts:
+            info = infos.get(attempt.external_id) if attempt.external_id else None
+            verdict = judge(attempt, info, self.limits, now)
+            if verdict is None:
+                continue
+            with self.db.session() as session:
+                done = finish_attempt(
+                    session,
+                    attempt.id,
+                    AttemptOutcome(state=verdict.state, reason=verdict.reason),
+                    self.policy,
+                    now,
+                    expect=attempt.state,
+                )
+            if done:
+                ended += 1
+                log.warning("attempt %d: %s", attempt.id, verdict.reason)
+            if done and verdict.kill and attempt.external_id:
+                self.executor.cancel(attempt.external_id)
+        return ended
+
+    # -- the daemon -----------------------------------------------------------------------
+
+    def serve(
+        self,
+        stop: threading.Event,
+        wake: threading.Event | None = None,
+        on_lead: Callable[[], None] | None = None,
+    ) -> None:
+        """Tick until ``stop`` is set, while holding the lease; wait for it otherwise.
+
+        ``on_lead`` runs once when this scheduler first becomes the active one (the CLI
+        starts the ingest sources there). ``wake`` cuts a wait short.
+        """
+        wake = wake or threading.Event()
+        holder = lease.new_holder_id()
+        leading = False
+        try:
+            while not stop.is_set():
+                if not self._hold_lease(holder):
+                    if leading:
+                        log.error("lost the scheduler lease; waiting to take it back")
+                    leading = False
+                    stop.wait(self.settings.scheduler.lease_seconds / 3)
+                    continue
+                if not leading:
+                    leading = True
+                    log.info("scheduler %s is active", holder)
+                    if on_lead is not None:
+                        on_lead()
+                        on_lead = None
+                report = self.run_once()
+                if not report.busy():
+                    self._wait_for_change(stop, wake)
+        finally:
+            with self.db.session() as session:
+                lease.release(session, holder)
+
+    def _hold_lease(self, holder: str) -> bool:
+        with self.db.session() as session:
+            return lease.acquire(
+                session, holder, self.clock(), self.settings.scheduler.lease_seconds
+            )
+
+    def _wait_for_change(self, stop: threading.Event, wake: threading.Event) -> None:
+        """Sleep until the next tick is due, a source wakes us, or the database shows a new
+        message or a job that ended (cheap: two indexed aggregates)."""
+        settings = self.settings.scheduler
+        deadline = self.clock() + dt.timedelta(seconds=settings.tick_seconds)
+        before = self._signal()
+        while self.clock() < deadline and not stop.is_set():
+            if wake.wait(settings.poll_seconds):
+                wake.clear()
+                return
+            if self._signal() != before:
+                return
+
+    def _signal(self) -> tuple[int | None, int]:
+        with self.db.read_session() as session:
+            row = session.execute(
+                sa.select(
+                    sa.select(sa.func.max(ReceivedMessage.id)).scalar_subquery(),
+                    sa.select(sa.func.count())
+                    .select_from(Attempt)
+                    .where(Attempt.state.in_(list(ATTEMPT_OPEN)))
+                    .scalar_subquery(),
+                )
+            ).one()
+            return row[0], row[1]
+
+
+def _open(attempt: Attempt, timeout_s: float) -> OpenAttempt:
+    return OpenAttempt(
+        id=attempt.id,
+        state=attempt.state,
+        external_id=attempt.external_id,
+        submitted_at=attempt.submitted_at,
+        started_at=attempt.started_at,
+        heartbeat_at=attempt.heartbeat_at,
+        timeout_s=timeout_s,
+    )
+
+
+def _end_backoffs(session: Session, now: dt.datetime) -> None:
+    """RETRYING tasks whose backoff is over become READY (one guarded bulk UPDATE)."""
+    session.execute(
+        sa.update(Task)
+        .where(Task.state == TaskState.RETRYING, Task.not_before <= now)
+        .values(state=TaskState.READY, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )

@@ -1,0 +1,121 @@
+"""Helpers for engine tests: a small real pipeline, raw files, messages, and a driver."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlalchemy as sa
+from runwatch.executors.local import LocalExecutor
+from runwatch.ingest.service import receive
+
+from runwatch.catalogue.models import Run, RunStatus
+from runwatch.config import Settings
+from runwatch.db import Database, utcnow
+from runwatch.workflow.scheduler import Scheduler
+
+CHAIN = """\
+name: chain
+streams: [Physics]
+steps:
+  calib:
+    command: "cp {{ inputs[0] | quote }} {{ outputs.calib }}"
+    outputs: {calib: "{{ file.stem }}.calib"}
+    retries: 2
+  rec:
+    needs: [calib]
+    command: "tr a-z A-Z < {{ inputs[0] | quote }} > {{ outputs.rec }}"
+    outputs: {rec: "{{ file.stem }}.rec"}
+  hist:
+    needs: [rec]
+    command: "wc -c < {{ inputs[0] | quote }} > {{ outputs.hist }}"
+    outputs: {hist: "{{ file.stem }}.hist"}
+  merge:
+    scope: run
+    needs: [hist]
+    command: "cat {% for i in inputs %}{{ i | quote }} {% endfor %}> {{ outputs.merged }}"
+    outputs: {merged: "run{{ run.number }}.merged"}
+"""
+
+
+def write_pipeline(settings: Settings, text: str = CHAIN, name: str = "chain.yaml") -> Path:
+    path = Path(settings.pipelines) / name
+    path.write_text(text)
+    return path
+
+
+def raw_file(folder: Path, run: int, seq: int, stream: str = "Physics") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"RUN.{run}.JUNODAQ.{stream}.ds-2.global_trigger.20250826120000.{seq:03d}_J25.5.0.rtraw"
+    path = folder / name
+    path.write_text(f"run {run} file {seq} payload\n" * (seq + 1))
+    return path
+
+
+def message(
+    path: Path, run: int, seq: int, stream: str = "Physics", end_of_run: bool = False
+) -> str:
+    return json.dumps(
+        {
+            "name": path.name,
+            "url": path.as_uri(),
+            "run": run,
+            "stream": stream,
+            "sequence": seq,
+            "size": path.stat().st_size,
+            "created": f"2025-08-26T12:{seq // 60:02d}:{seq % 60:02d}Z",
+            "end_of_run": end_of_run,
+            "metadata": {},
+        }
+    )
+
+
+def announce_run(
+    db: Database, folder: Path, run: int, files: int, stream: str = "Physics"
+) -> list[Path]:
+    """Register ``files`` raw files of a run, the last one carrying the end-of-run flag."""
+    paths = []
+    for seq in range(1, files + 1):
+        path = raw_file(folder, run, seq, stream)
+        with db.session() as session:
+            receipt = receive(
+                session, message(path, run, seq, stream, seq == files), "test", None, utcnow()
+            )
+        assert receipt.status.value == "accepted", receipt.reason
+        paths.append(path)
+    return paths
+
+
+def run_statuses(db: Database) -> dict[int, RunStatus]:
+    with db.session() as session:
+        return dict(session.execute(sa.select(Run.number, Run.status)).tuples().all())
+
+
+@contextmanager
+def running_scheduler(settings: Settings, db: Database) -> Iterator[Scheduler]:
+    """A scheduler with the local executor serving in a thread."""
+    executor = LocalExecutor(settings)
+    scheduler = Scheduler(settings, db, executor)
+    stop = threading.Event()
+    thread = threading.Thread(target=scheduler.serve, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield scheduler
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        executor.close()
+        assert not thread.is_alive()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

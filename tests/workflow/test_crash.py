@@ -1,0 +1,197 @@
+"""Crash test: kill -9 schedulers and job wrappers at random moments while 50 files of two
+runs are processed; every task must end exactly once, every output exist once and whole.
+
+Two scheduler processes run all along (one active, one waiting on the lease); each round
+kills the active one, and sometimes running job wrappers, and starts a fresh standby.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import psutil
+import pytest
+import sqlalchemy as sa
+from runwatch.ingest.service import receive
+
+from runwatch.catalogue.models import RunStatus
+from runwatch.db import Database, utcnow
+from runwatch.storage.checksum import adler32_file
+from runwatch.workflow.models import Attempt, SchedulerLease, Task, TaskOutput
+from runwatch.workflow.states import AttemptState, TaskState
+from tests.workflow.engine import CHAIN, message, raw_file, run_statuses, wait_for
+
+pytestmark = pytest.mark.slow
+
+# Each step takes a little while, so that kills land in the middle of work.
+SLOW_CHAIN = (
+    CHAIN.replace('command: "', 'command: "sleep 0.05; ')
+    .replace("retries: 2", "retries: 50")
+    .replace("    outputs: {rec:", "    retries: 50\n    outputs: {rec:")
+    .replace("    outputs: {hist:", "    retries: 50\n    outputs: {hist:")
+    .replace("    outputs: {merged:", "    retries: 50\n    outputs: {merged:")
+)
+
+CONFIG = """\
+database_url = "sqlite:///{root}/runwatch.db"
+data_root = "{root}/data"
+work_root = "{root}/work"
+pipelines = "{root}/pipelines"
+
+[scheduler]
+slots = 2
+tick_seconds = 0.2
+backoff_seconds = 0.05
+backoff_max_seconds = 0.2
+heartbeat_timeout_seconds = 5
+submit_grace_seconds = 2
+lease_seconds = 1.5
+"""
+
+RUNS = {300: 25, 301: 25}
+
+
+def start_scheduler(root: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "RUNWATCH_CONFIG": str(root / "runwatch.toml")}
+    log = open(root / "schedulers.log", "ab")  # noqa: SIM115 (kept open by the child)
+    return subprocess.Popen(
+        [sys.executable, "-m", "runwatch", "scheduler"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def active_pid(db: Database) -> int | None:
+    with db.session() as s:
+        lease = s.get(SchedulerLease, "scheduler")
+        if lease is None or lease.expires_at < utcnow():
+            return None
+        return int(lease.holder.split(":")[1])
+
+
+def running_wrappers(db: Database) -> list[int]:
+    with db.session() as s:
+        ids = s.scalars(
+            sa.select(Attempt.external_id).where(
+                Attempt.state == AttemptState.RUNNING, Attempt.external_id.is_not(None)
+            )
+        ).all()
+    return [int(e.split(":")[1]) for e in ids if e and e.startswith("local:")]
+
+
+def kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def announce(db: Database, raw: Path, rng: random.Random, done: threading.Event) -> None:
+    order = [(run, seq) for seq in range(1, 26) for run in RUNS]
+    for run, seq in order:
+        path = raw_file(raw, run, seq)
+        with db.session() as s:
+            receive(s, message(path, run, seq, end_of_run=seq == RUNS[run]), "test", None, utcnow())
+        time.sleep(rng.uniform(0.0, 0.15))
+    done.set()
+
+
+def test_kill_minus_nine_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    rng = random.Random(20250826)
+    root = tmp_path
+    for sub in ("data", "work", "pipelines"):
+        (root / sub).mkdir()
+    (root / "runwatch.toml").write_text(CONFIG.format(root=root))
+    (root / "pipelines" / "chain.yaml").write_text(SLOW_CHAIN)
+    db = Database(f"sqlite:///{root}/runwatch.db")
+    db.upgrade()
+    schedulers = [start_scheduler(root), start_scheduler(root)]
+    announced = threading.Event()
+    feeder = threading.Thread(target=announce, args=(db, root / "raw", rng, announced))
+    feeder.start()
+    kills = Counter[str]()
+    try:
+        for _ in range(8):
+            time.sleep(rng.uniform(0.5, 2.0))
+            if rng.random() < 0.6:
+                for pid in running_wrappers(db):
+                    kill(pid)
+                    kills["wrapper"] += 1
+            pid = active_pid(db)
+            if pid is not None:
+                kill(pid)
+                kills["scheduler"] += 1
+                schedulers = [p for p in schedulers if p.pid != pid]
+                schedulers.append(start_scheduler(root))
+        feeder.join()
+        wait_for(
+            lambda: (
+                all(s is RunStatus.ALL_COMPLETED for s in run_statuses(db).values())
+                and len(run_statuses(db)) == 2
+            ),
+            180,
+            "both runs All Completed",
+        )
+    finally:
+        feeder.join()
+        for proc in schedulers:
+            proc.kill()
+            proc.wait()
+        for pid in running_wrappers(db):
+            kill(pid)
+    assert kills["scheduler"] >= 5, kills
+    assert kills["wrapper"] >= 1, kills
+    check_exactly_once(db, root)
+
+
+def check_exactly_once(db: Database, root: Path) -> None:
+    with db.session() as s:
+        tasks = s.scalars(sa.select(Task)).all()
+        assert len(tasks) == 50 * 3 + 2
+        assert Counter(t.state for t in tasks) == {TaskState.DONE: len(tasks)}
+        succeeded = Counter(
+            s.scalars(
+                sa.select(Attempt.task_id).where(Attempt.state == AttemptState.SUCCEEDED)
+            ).all()
+        )
+        assert set(succeeded.values()) == {1}, "a task succeeded more than once"
+        assert len(succeeded) == len(tasks)
+        outputs = s.scalars(sa.select(TaskOutput)).all()
+    assert len(outputs) == len(tasks)
+    recorded = {Path(o.url.removeprefix("file://")): o for o in outputs}
+    on_disk = {p for p in (root / "data").rglob("*") if p.is_file()}
+    assert on_disk == set(recorded), "stray or missing output files"
+    for path, out in recorded.items():
+        assert adler32_file(path) == out.adler32 and path.stat().st_size == out.size
+    for run, files in RUNS.items():
+        merged = root / "data" / "Physics" / str(run) / "merge" / f"run{run}.merged"
+        sizes = [int(x) for x in merged.read_text().split()]
+        assert sizes == [
+            len(f"run {run} file {q} payload\n") * (q + 1) for q in range(1, files + 1)
+        ]
+    wait_for(lambda: not orphan_zygotes(root), 10, "zygotes to exit with their schedulers")
+
+
+def orphan_zygotes(root: Path) -> list[psutil.Process]:
+    config = str(root / "runwatch.toml")
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if (
+                "runwatch.executors.zygote" in " ".join(proc.info["cmdline"] or [])
+                and proc.environ().get("RUNWATCH_CONFIG") == config
+            ):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found

@@ -1,0 +1,64 @@
+"""Planning: tasks per file and per run, batches, idempotence, and the newest-first order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from runwatch.catalogue.models import Run
+from runwatch.db import Database, utcnow
+from runwatch.workflow import planner
+from runwatch.workflow.models import Task, TaskDependency
+from runwatch.workflow.revisions import PipelineFolder, RevisionCache, record_revisions
+from runwatch.workflow.states import TaskState
+from tests.workflow.engine import CHAIN, announce_run
+
+BATCHED = CHAIN.replace("    needs: [hist]\n", "    needs: [hist]\n    batch: 2\n")
+
+
+def plan(db: Database, folder: Path) -> tuple[int, int]:
+    pipelines = PipelineFolder(folder)
+    pipelines.refresh()
+    with db.session() as s:
+        book = record_revisions(s, pipelines.loaded)
+        made = planner.plan_new_files(s, book, utcnow())
+        runs = planner.active_runs(s)
+        made_runs = planner.plan_run_tasks(s, RevisionCache(), utcnow(), runs)
+        return made, made_runs
+
+
+def test_file_steps_are_chained_and_the_merge_waits_for_the_end_of_run(
+    db: Database, tmp_path: Path
+) -> None:
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "chain.yaml").write_text(CHAIN)
+    announce_run(db, tmp_path / "raw", 1, 3)
+    assert plan(db, tmp_path / "p") == (9, 1)
+    assert plan(db, tmp_path / "p") == (0, 0), "planning twice makes nothing twice"
+    with db.session() as s:
+        states = dict(s.execute(sa.select(Task.key, Task.state)).tuples().all())
+        deps = s.execute(sa.select(sa.func.count()).select_from(TaskDependency)).scalar()
+    calib = [k for k in states if "/calib/" in k]
+    assert len(calib) == 3 and all(states[k] is TaskState.READY for k in calib)
+    assert all(states[k] is TaskState.WAITING for k in states if "/calib/" not in k)
+    assert deps == 3 * 2 + 3  # rec->calib, hist->rec per file; merge -> 3 hists
+
+
+def test_no_merge_before_the_run_ends_unless_batched(db: Database, tmp_path: Path) -> None:
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "chain.yaml").write_text(BATCHED)
+    announce_run(db, tmp_path / "raw", 2, 5)
+    with db.session() as s:  # pretend the end of run was never seen
+        s.execute(sa.update(Run).values(end_of_run_at=None))
+    assert plan(db, tmp_path / "p") == (15, 0)
+    with db.session() as s:  # four files' hists finish
+        hists = s.scalars(sa.select(Task).where(Task.step == "hist").order_by(Task.id)).all()
+        for task in hists[:4]:
+            task.state = TaskState.DONE
+    assert plan(db, tmp_path / "p") == (0, 2), "two batches of two files"
+    assert plan(db, tmp_path / "p") == (0, 0)
+    with db.session() as s:
+        batches = s.scalars(sa.select(Task).where(Task.step == "merge")).all()
+        assert sorted(b.batch or 0 for b in batches) == [1, 2]
+        assert all(b.state is TaskState.READY and not b.final for b in batches)
