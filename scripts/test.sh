@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Test runwatch in one command, on a fresh Debian 12 machine or an already set-up one:
+# installs runwatch with its test tools, starts the real PostgreSQL, MariaDB and RabbitMQ
+# servers the tests use (scripts/services-up.sh; installed with apt-get if missing), then
+# runs the linters, the type checker and the tests. Extra arguments go to pytest:
+#
+#   bash scripts/test.sh
+#   bash scripts/test.sh tests/workflow -x -k lease
+#
+# With RUNWATCH_TEST_REQUIRE_SERVICES=1 (set here) a test that needs a server fails rather
+# than skips when the server is missing, so a pass means every test ran. The server URLs
+# can be pointed elsewhere by setting RUNWATCH_TEST_POSTGRES_URL, RUNWATCH_TEST_MARIADB_URL
+# and RUNWATCH_TEST_AMQP_URL before running this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
+
+phase_names=()
+phase_seconds=()
+phase_start=$SECONDS
+current=""
+
+begin() {
+  end_phase
+  current=$1
+  phase_start=$SECONDS
+  echo
+  echo "=== $current"
+}
+
+end_phase() {
+  if [ -n "$current" ]; then
+    phase_names+=("$current")
+    phase_seconds+=($((SECONDS - phase_start)))
+    current=""
+  fi
+}
+
+failed=()
+
+# Run a check; on failure note it and carry on, so one run reports every problem.
+check() {
+  "$@" || failed+=("$current: $*")
+}
+
+summary() {
+  local rc=$? i
+  end_phase
+  echo
+  echo "=== timing"
+  for i in "${!phase_names[@]}"; do
+    printf '  %-10s %5ss\n' "${phase_names[$i]}" "${phase_seconds[$i]}"
+  done
+  printf '  %-10s %5ss\n' total "$SECONDS"
+  if [ "$rc" -eq 0 ]; then
+    echo "=== all passed"
+  else
+    for i in "${failed[@]}"; do echo "failed: $i"; done
+    echo "=== FAILED (exit $rc)"
+  fi
+}
+trap summary EXIT
+
+begin install
+"$PYTHON" -m pip install -q -e '.[test]'
+
+begin services
+bash scripts/services-up.sh postgres mariadb rabbitmq
+export RUNWATCH_TEST_POSTGRES_URL=${RUNWATCH_TEST_POSTGRES_URL:-postgresql+psycopg://ci:ci@127.0.0.1/citest}
+export RUNWATCH_TEST_MARIADB_URL=${RUNWATCH_TEST_MARIADB_URL:-mysql+pymysql://ci:ci@127.0.0.1/citest}
+export RUNWATCH_TEST_AMQP_URL=${RUNWATCH_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2F}
+export RUNWATCH_TEST_REQUIRE_SERVICES=1
+env | grep '^RUNWATCH_TEST_' | sort | sed 's/^/  using /'
+
+# Lint only the folders that exist (ruff fails on a missing path).
+lint_paths=()
+for path in src tests bench scripts; do
+  [ -e "$path" ] && lint_paths+=("$path")
+done
+
+begin ruff
+check "$PYTHON" -m ruff check "${lint_paths[@]}"
+check "$PYTHON" -m ruff format --check "${lint_paths[@]}"
+
+begin mypy
+check "$PYTHON" -m mypy
+
+begin pytest
+check "$PYTHON" -m pytest "$@"
+
+end_phase
+[ ${#failed[@]} -eq 0 ]
