@@ -76,8 +76,8 @@ class Settings(BaseSettings):
     data_root: str = Field("data", description="Where step outputs are stored.")
     work_root: str = Field("work", description="Per-attempt work directories and logs.")
     pipelines: str = Field("pipelines", description="Folder of pipeline YAML files.")
-    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)  # type: ignore[arg-type]
-    ingest: IngestSettings = Field(default_factory=IngestSettings)  # type: ignore[arg-type]
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
 
     @classmethod
     def settings_customise_sources(

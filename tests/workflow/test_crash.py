@@ -7,6 +7,7 @@ kills the active one, and sometimes running job wrappers, and starts a fresh sta
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -90,10 +91,8 @@ def running_wrappers(db: Database) -> list[int]:
 
 
 def kill(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def announce(db: Database, raw: Path, rng: random.Random, done: threading.Event) -> None:

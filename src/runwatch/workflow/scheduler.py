@@ -22,6 +22,7 @@ from runwatch.executors.base import Executor, JobRequest, JobStatus
 from runwatch.ingest.models import ReceivedMessage
 from runwatch.workflow import lease, planner
 from runwatch.workflow.models import Attempt, Task
+from runwatch.workflow.nudge import NUDGE_ENV, NudgeListener, socket_path
 from runwatch.workflow.render import render_job
 from runwatch.workflow.revisions import (
     PipelineBook,
@@ -144,7 +145,7 @@ class Scheduler:
             .order_by(order, Task.id)
             .limit(max(4 * free, 16))
         ).all()
-        chosen = []
+        chosen: list[Task] = []
         for task in candidates:  # threads-aware: skip a task that does not fit the slots left
             if task.threads <= free or (not chosen and task.threads > self.executor.capacity()):
                 chosen.append(task)
@@ -198,7 +199,10 @@ class Scheduler:
             workdir=job.workdir,
             log_path=job.log_path,
             argv=("runwatch", "job", "run", str(attempt.id)),
-            env={"RUNWATCH_DATABASE_URL": self.settings.database_url},
+            env={
+                "RUNWATCH_DATABASE_URL": self.settings.database_url,
+                NUDGE_ENV: socket_path(self.settings.work_root),
+            },
         )
         return attempt.id, request
 
@@ -228,15 +232,17 @@ class Scheduler:
                     .where(Attempt.state.in_(list(ATTEMPT_OPEN)))
                 ).tuples()
             ]
-            cancelled = list(
-                session.scalars(
+            cancelled: list[str] = [
+                external_id
+                for external_id in session.scalars(
                     sa.select(Attempt.external_id).where(
                         Attempt.state == AttemptState.CANCELLED,
                         Attempt.ended_at > self.clock() - CANCEL_SWEEP,
                         Attempt.external_id.is_not(None),
                     )
                 )
-            )
+                if external_id is not None
+            ]
         ids = [a.external_id for a in open_attempts if a.external_id] + cancelled
         infos = self.executor.poll(ids) if ids else {}
         for external_id in cancelled:
@@ -282,17 +288,20 @@ class Scheduler:
         wake = wake or threading.Event()
         holder = lease.new_holder_id()
         leading = False
+        nudges = NudgeListener(socket_path(self.settings.work_root), wake.set)
         try:
             while not stop.is_set():
                 if not self._hold_lease(holder):
                     if leading:
                         log.error("lost the scheduler lease; waiting to take it back")
+                        nudges.stop()
                     leading = False
                     stop.wait(self.settings.scheduler.lease_seconds / 3)
                     continue
                 if not leading:
                     leading = True
                     log.info("scheduler %s is active", holder)
+                    nudges.start()
                     if on_lead is not None:
                         on_lead()
                         on_lead = None
@@ -300,6 +309,7 @@ class Scheduler:
                 if not report.busy():
                     self._wait_for_change(stop, wake)
         finally:
+            nudges.stop()
             with self.db.session() as session:
                 lease.release(session, holder)
 
