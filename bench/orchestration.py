@@ -35,7 +35,7 @@ import sqlalchemy as sa
 
 from runwatch.catalogue.models import File, Run, RunStatus
 from runwatch.db import Base, Database, import_all_models, utcnow
-from runwatch.ingest.models import ReceivedMessage
+from runwatch.ingest.models import MessageStatus, ReceivedMessage
 from runwatch.workflow.models import Attempt, PipelineRevision, Task
 from runwatch.workflow.states import TaskState
 
@@ -183,11 +183,17 @@ def _done_task(
     }
 
 
+RAW = Path(tempfile.gettempdir()) / "rw-bench-raw"
+
+
 def message(run: int, seq: int, files: int) -> dict[str, Any]:
+    """A file-ready message for a real (one-byte) raw file, as a transfer system sends."""
     name = f"RUN.{run}.JUNODAQ.Physics.ds-2.global_trigger.20250826120000.{seq:03d}_J25.rtraw"
+    RAW.mkdir(exist_ok=True)
+    (RAW / name).write_bytes(b"x")
     return {
         "name": name,
-        "url": f"file:///raw/{name}",
+        "url": (RAW / name).as_uri(),
         "run": run,
         "stream": "Physics",
         "sequence": seq,
@@ -250,7 +256,7 @@ def latency(db: Database, client: httpx.Client, base_run: int) -> dict[str, floa
             .join(Task, Task.file_id == ReceivedMessage.file_id)
             .join(Attempt, Attempt.task_id == Task.id)
             .join(Run, Run.id == Task.run_id)
-            .where(Run.number.in_(runs), ReceivedMessage.status == "accepted")
+            .where(Run.number.in_(runs), ReceivedMessage.status == MessageStatus.ACCEPTED)
             .group_by(ReceivedMessage.id, ReceivedMessage.received_at)
         ).all()
     lat = sorted((started - received).total_seconds() * 1000 for received, started in rows)
@@ -305,7 +311,7 @@ def _wait_up(client: httpx.Client, db: Database) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if client.get("/api/v1/health").status_code == 200:
+            if client.get("/healthz").status_code == 200:
                 with db.session() as s:
                     if s.execute(sa.text("SELECT holder FROM scheduler_lease")).first():
                         return

@@ -49,7 +49,11 @@ class IngestSettings(BaseModel):
     """Where file-ready messages come from."""
 
     dropbox: str = Field("", description="Dropbox directory watched by the scheduler.")
-    dropbox_rescan_seconds: float = Field(30.0, gt=0)
+    dropbox_rescan_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="How often the dropbox is rescanned for semaphores the watcher missed.",
+    )
     name_pattern: str = Field(
         r"^RUN\.(?P<run>\d+)\.(?P<detector>[A-Za-z0-9]+)\.(?P<stream>[A-Za-z0-9_-]+)\."
         r"(?P<ds>ds-\d+)\.(?P<trigger>[A-Za-z0-9_-]+)\.(?P<created>\d{14})\."

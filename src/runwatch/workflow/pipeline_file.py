@@ -1,0 +1,529 @@
+"""Reading pipeline YAML files into ``Pipeline``, with errors that name file, line and field.
+
+The YAML is composed into nodes first (which keep their line), and the nodes are checked
+one key at a time, so every error points at the offending key or value. The first problem
+found is raised as ``PipelineError``; a folder is read file by file, so one broken file
+never stops the others. The format is described in docs/pipelines.md.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from runwatch.workflow.spec import Pipeline, Scope, Step
+from runwatch.workflow.templates import (
+    TemplateError,
+    check_template,
+    output_path_problem,
+    template_variables,
+)
+
+PIPELINE_SUFFIXES = (".yaml", ".yml")
+TOP_KEYS = ("name", "description", "streams", "params", "steps")
+STEP_KEYS = (
+    "scope",
+    "needs",
+    "command",
+    "threads",
+    "memory",
+    "retries",
+    "timeout",
+    "outputs",
+    "batch",
+    "sample_fraction",
+    "params",
+)
+SCOPES: tuple[Scope, ...] = ("file", "run")
+# Names go into task keys ("pipeline/step/file:ID") and database columns of 128 characters.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+STEP_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,99}$")
+OUTPUT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # usable as ``outputs.NAME``
+MEMORY_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT])?(?:i?B)?$", re.IGNORECASE)
+MEMORY_UNIT_MB = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+DURATION_RE = re.compile(r"^(?:\d+(?:\.\d+)?[dhms])+$")
+PLAIN_NUMBER_RE = re.compile(r"^\d+(?:\.\d+)?$")
+DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
+DURATION_UNIT_S = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+# Template variables of each scope (see the Step docstring); ``outputs`` only in commands.
+COMMON_VARIABLES = frozenset({"run", "inputs", "task", "threads", "sample_fraction", "params"})
+SCOPE_VARIABLES = {"file": COMMON_VARIABLES | {"file"}, "run": COMMON_VARIABLES}
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class PipelineError(ValueError):
+    """One problem in a pipeline file: ``str()`` is "path:line: field: problem"."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        line: int | None,
+        field: str,
+        problem: str,
+        column: int | None = None,
+    ) -> None:
+        super().__init__(problem)
+        self.path = str(path)
+        self.line = line
+        self.column = column
+        self.field = field
+        self.problem = problem
+
+    def __reduce__(self) -> tuple[type[PipelineError], tuple[Any, ...]]:
+        return (PipelineError, (self.path, self.line, self.field, self.problem, self.column))
+
+    def __str__(self) -> str:
+        where = self.path if self.line is None else f"{self.path}:{self.line}"
+        return (
+            f"{where}: {self.field}: {self.problem}" if self.field else f"{where}: {self.problem}"
+        )
+
+
+@dataclass(frozen=True)
+class LoadedPipeline:
+    """A valid pipeline file: its text (stored as a revision), the text's sha256, the parse."""
+
+    path: Path
+    text: str
+    digest: str
+    pipeline: Pipeline
+
+
+def digest_of(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def parse_pipeline(text: str, path: str | Path) -> Pipeline:
+    """Parse and check a pipeline file's text; raise PipelineError for the first problem."""
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            root = loader.get_single_node()
+        except yaml.MarkedYAMLError as exc:
+            raise _syntax_error(path, exc) from exc
+        except yaml.YAMLError as exc:
+            raise PipelineError(path, None, "", f"YAML error: {exc}") from exc
+        return _Parser(path, loader).pipeline(root)
+    finally:
+        loader.dispose()
+
+
+def _syntax_error(path: str | Path, exc: yaml.MarkedYAMLError) -> PipelineError:
+    mark = exc.problem_mark or exc.context_mark
+    problem = " ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
+    if mark is None:
+        return PipelineError(path, None, "", f"YAML syntax error: {problem}")
+    return PipelineError(
+        path,
+        mark.line + 1,
+        "",
+        f"YAML syntax error at column {mark.column + 1}: {problem}",
+        column=mark.column + 1,
+    )
+
+
+def load_pipeline(path: str | Path) -> LoadedPipeline:
+    """Read and parse one file; an unreadable file is a PipelineError too."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PipelineError(path, None, "", f"not UTF-8 text: {exc.reason}") from exc
+    except OSError as exc:
+        raise PipelineError(path, None, "", f"cannot read the file: {exc.strerror}") from exc
+    return LoadedPipeline(path, text, digest_of(text), parse_pipeline(text, path))
+
+
+def pipeline_files(folder: str | Path) -> list[Path]:
+    """The pipeline files of a folder, by name; editors' hidden temporary files are left out."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p for p in folder.iterdir() if p.name.endswith(PIPELINE_SUFFIXES) and p.name[0] != "."
+    )
+
+
+def load_pipelines(paths: Iterable[str | Path]) -> tuple[list[LoadedPipeline], list[PipelineError]]:
+    """Load each file; a broken file or a second file with a name already taken is an error."""
+    loaded: list[LoadedPipeline] = []
+    errors: list[PipelineError] = []
+    by_name: dict[str, Path] = {}
+    for path in paths:
+        try:
+            item = load_pipeline(path)
+        except PipelineError as exc:
+            errors.append(exc)
+            continue
+        name = item.pipeline.name
+        if name in by_name:
+            errors.append(
+                PipelineError(
+                    item.path,
+                    _name_line(item.text),
+                    "name",
+                    f"pipeline {name!r} is already defined in {by_name[name]}",
+                )
+            )
+            continue
+        by_name[name] = item.path
+        loaded.append(item)
+    return loaded, errors
+
+
+def load_pipeline_folder(folder: str | Path) -> tuple[list[LoadedPipeline], list[PipelineError]]:
+    """All ``*.yaml`` / ``*.yml`` files of ``folder`` (a missing folder has none)."""
+    return load_pipelines(pipeline_files(folder))
+
+
+def _name_line(text: str) -> int | None:
+    match = re.search(r"^name\s*:", text, re.MULTILINE)
+    return None if match is None else text.count("\n", 0, match.start()) + 1
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def _kind(node: Node) -> str:
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    tag = node.tag.rsplit(":", 1)[-1]
+    return {"null": "nothing", "bool": "true/false", "int": "a number", "float": "a number"}.get(
+        tag, repr(node.value)
+    )
+
+
+@dataclass
+class _Entry:
+    key: ScalarNode
+    value: Node
+
+
+class _Parser:
+    """Checks the composed YAML nodes of one file; every error names its node's line."""
+
+    def __init__(self, path: str | Path, loader: yaml.SafeLoader) -> None:
+        self.path = path
+        self.loader = loader
+
+    def fail(self, node: Node | None, field: str, problem: str) -> NoReturn:
+        line = None if node is None else node.start_mark.line + 1
+        raise PipelineError(self.path, line, field, problem)
+
+    def value(self, node: Node) -> Any:
+        return self.loader.construct_object(node, deep=True)
+
+    # -- structure -----------------------------------------------------------------------
+
+    def mapping(self, node: Node, field: str, what: str) -> dict[str, _Entry]:
+        if not isinstance(node, MappingNode):
+            self.fail(node, field, f"expected {what}, got {_kind(node)}")
+        seen: dict[str, ScalarNode] = {}
+        for key, _ in node.value:
+            if key.tag == MERGE_TAG:
+                continue
+            if not isinstance(key, ScalarNode) or not isinstance(self.value(key), str):
+                self.fail(key, field, f"keys must be names, got {_kind(key)}")
+            if key.value in seen:
+                line = seen[key.value].start_mark.line + 1
+                self.fail(
+                    key, _join(field, key.value), f"duplicate key (first given on line {line})"
+                )
+            seen[key.value] = key
+        # YAML merge keys (<<: *defaults): merged entries come first, the node's own override.
+        self.loader.flatten_mapping(node)
+        entries: dict[str, _Entry] = {}
+        for key, value in node.value:
+            if not isinstance(key, ScalarNode) or not isinstance(self.value(key), str):
+                self.fail(key, field, f"keys must be names, got {_kind(key)}")
+            entries[key.value] = _Entry(key, value)
+        return entries
+
+    def known(self, entries: dict[str, _Entry], allowed: Sequence[str], field: str) -> None:
+        unknown = [name for name in entries if name not in allowed]
+        if not unknown:
+            return
+        close = difflib.get_close_matches(unknown[0], allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        names = ", ".join(repr(n) for n in unknown)
+        self.fail(
+            entries[unknown[0]].key,
+            field,
+            f"unknown key{'s' if len(unknown) > 1 else ''} {names}{hint}; "
+            f"allowed keys: {', '.join(allowed)}",
+        )
+
+    def string(self, node: Node, field: str, what: str = "text") -> str:
+        value = self.value(node) if isinstance(node, ScalarNode) else None
+        if not isinstance(value, str) or not value.strip():
+            self.fail(node, field, f"expected {what}, got {_kind(node)}")
+        return value
+
+    def names(self, node: Node, field: str, what: str) -> list[tuple[str, Node]]:
+        """A list of names (a single name is accepted as a list of one)."""
+        items = node.value if isinstance(node, SequenceNode) else [node]
+        if isinstance(node, MappingNode):
+            self.fail(node, field, f"expected a list of {what}, got a mapping")
+        out: list[tuple[str, Node]] = []
+        for item in items:
+            name = self.string(item, field, f"a list of {what}")
+            if name in [n for n, _ in out]:
+                self.fail(item, field, f"{name!r} is listed twice")
+            out.append((name, item))
+        return out
+
+    def integer(self, node: Node, field: str, minimum: int) -> int:
+        value = self.value(node)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            self.fail(node, field, f"expected a whole number ≥ {minimum}, got {_kind(node)}")
+        return value
+
+    def params(self, node: Node, field: str) -> dict[str, Any]:
+        entries = self.mapping(node, field, "a mapping of parameter names to values")
+        return {name: self.value(entry.value) for name, entry in entries.items()}
+
+    # -- the pipeline ----------------------------------------------------------------------
+
+    def pipeline(self, root: Node | None) -> Pipeline:
+        if root is None:
+            raise PipelineError(
+                self.path, 1, "", "the file is empty; a pipeline needs streams and steps"
+            )
+        top = self.mapping(root, "", "a mapping with the keys streams and steps")
+        self.known(top, TOP_KEYS, "")
+        name = self.pipeline_name(top)
+        description = ""
+        if "description" in top:
+            description = self.string(top["description"].value, "description").strip()
+        if "streams" not in top:
+            self.fail(
+                root, "streams", "missing: list the streams whose files this pipeline runs on"
+            )
+        streams = self.names(top["streams"].value, "streams", "stream names")
+        if not streams:
+            self.fail(top["streams"].value, "streams", "expected at least one stream")
+        params = self.params(top["params"].value, "params") if "params" in top else {}
+        if "steps" not in top:
+            self.fail(root, "steps", "missing: a mapping of step names to steps")
+        steps = self.steps(top["steps"].value)
+        return Pipeline(
+            name=name,
+            streams=tuple(s for s, _ in streams),
+            steps=steps,
+            params=params,
+            description=description,
+        )
+
+    def pipeline_name(self, top: dict[str, _Entry]) -> str:
+        if "name" in top:
+            node = top["name"].value
+            name = self.string(node, "name", "a pipeline name")
+            if not NAME_RE.match(name):
+                self.fail(node, "name", f"{name!r} is not a valid name: {_NAME_RULE}")
+            return name
+        stem = Path(self.path).stem
+        if not NAME_RE.match(stem):
+            self.fail(
+                None,
+                "name",
+                f"none given, and the file name {stem!r} is not a valid name: "
+                f"{_NAME_RULE}; add a name: key",
+            )
+        return stem
+
+    def steps(self, node: Node) -> dict[str, Step]:
+        entries = self.mapping(node, "steps", "a mapping of step names to steps")
+        if not entries:
+            self.fail(node, "steps", "expected at least one step")
+        order = list(entries)
+        steps: dict[str, Step] = {}
+        for name, entry in entries.items():
+            if not STEP_NAME_RE.match(name):
+                self.fail(
+                    entry.key,
+                    f"steps.{name}",
+                    "a step name starts with a letter or _ and has only letters, digits, _ and -",
+                )
+            steps[name] = _StepParser(self, name, entry, steps, order).step()
+        return steps
+
+
+_NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit"
+
+
+def _join(field: str, key: str) -> str:
+    return f"{field}.{key}" if field else key
+
+
+class _StepParser:
+    """One step; ``earlier`` holds the steps above it, which are all it may need."""
+
+    def __init__(
+        self, parser: _Parser, name: str, entry: _Entry, earlier: dict[str, Step], order: list[str]
+    ) -> None:
+        self.p = parser
+        self.name = name
+        self.key = entry.key
+        self.node = entry.value
+        self.earlier = earlier
+        self.order = order
+        self.field = f"steps.{name}"
+        self.values: dict[str, Any] = {}
+
+    def step(self) -> Step:
+        entries = self.p.mapping(self.node, self.field, "a mapping of step settings")
+        self.p.known(entries, STEP_KEYS, self.field)
+        scope: Scope = "file"
+        if "scope" in entries:
+            scope = self.scope(entries["scope"].value)
+        for key, entry in entries.items():
+            if key != "scope":
+                getattr(self, f"key_{key}")(entry.value, f"{self.field}.{key}", scope)
+        if "command" not in entries:
+            self.p.fail(self.key, f"{self.field}.command", "missing: the step's command")
+        if "batch" in entries:
+            self.check_batch(entries["batch"].value, scope)
+        return Step(name=self.name, scope=scope, **self.values)
+
+    def scope(self, node: Node) -> Scope:
+        value = self.p.value(node)
+        for scope in SCOPES:
+            if value == scope:
+                return scope
+        self.p.fail(node, f"{self.field}.scope", f"expected file or run, got {_kind(node)}")
+
+    def key_needs(self, node: Node, field: str, scope: Scope) -> None:
+        needs = self.p.names(node, field, "step names")
+        for need, item in needs:
+            if need == self.name:
+                self.p.fail(item, field, "a step cannot need itself")
+            if need not in self.earlier:
+                if need in self.order:
+                    problem = (
+                        f"{need!r} comes later in the file; a step can only need steps above it"
+                    )
+                else:
+                    known = ", ".join(self.earlier) or "none"
+                    problem = f"no step named {need!r} above this one (steps above: {known})"
+                self.p.fail(item, field, problem)
+            if scope == "file" and self.earlier[need].scope == "run":
+                self.p.fail(
+                    item, field, f"a file-scoped step cannot need the run-scoped step {need!r}"
+                )
+        self.values["needs"] = tuple(n for n, _ in needs)
+
+    def template(self, node: Node, field: str, source: str, scope: Scope, command: bool) -> None:
+        try:
+            check_template(source)
+        except TemplateError as exc:
+            line = node.start_mark.line + 1
+            if exc.line is not None:
+                # A block scalar (| or >) starts on the line after its indicator.
+                line += exc.line if getattr(node, "style", None) in ("|", ">") else exc.line - 1
+            raise PipelineError(self.p.path, line, field, exc.message) from exc
+        # Catch misspelt variables now rather than when the first task is submitted.
+        allowed = SCOPE_VARIABLES[scope] | ({"outputs"} if command else set())
+        unknown = sorted(template_variables(source) - allowed)
+        if unknown:
+            where = f"a {scope}-scoped step's {'command' if command else 'output name'}"
+            self.p.fail(
+                node,
+                field,
+                f"unknown template variable{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(unknown)}; {where} can use {', '.join(sorted(allowed))}",
+            )
+
+    def key_command(self, node: Node, field: str, scope: Scope) -> None:
+        command = self.p.string(node, field, "a command (a Jinja2 template)")
+        self.template(node, field, command, scope, command=True)
+        self.values["command"] = command
+
+    def key_outputs(self, node: Node, field: str, scope: Scope) -> None:
+        entries = self.p.mapping(node, field, "a mapping of output names to file names")
+        outputs: dict[str, str] = {}
+        for name, entry in entries.items():
+            item_field = f"{field}.{name}"
+            if not OUTPUT_NAME_RE.match(name):
+                self.p.fail(
+                    entry.key, item_field, "an output name is an identifier (letters, digits, _)"
+                )
+            path = self.p.string(entry.value, item_field, "a file name (a Jinja2 template)")
+            problem = output_path_problem(path.strip())
+            if problem is not None:
+                self.p.fail(entry.value, item_field, f"the path {problem}")
+            self.template(entry.value, item_field, path, scope, command=False)
+            outputs[name] = path
+        self.values["outputs"] = outputs
+
+    def key_threads(self, node: Node, field: str, scope: Scope) -> None:
+        self.values["threads"] = self.p.integer(node, field, 1)
+
+    def key_retries(self, node: Node, field: str, scope: Scope) -> None:
+        self.values["retries"] = self.p.integer(node, field, 0)
+
+    def key_batch(self, node: Node, field: str, scope: Scope) -> None:
+        self.values["batch"] = self.p.integer(node, field, 1)
+
+    def check_batch(self, node: Node, scope: Scope) -> None:
+        field = f"{self.field}.batch"
+        if scope != "run":
+            self.p.fail(node, field, "batch only applies to run-scoped steps (scope: run)")
+        needs = self.values.get("needs", ())
+        if not needs or any(self.earlier[n].scope == "run" for n in needs):
+            # The planner counts files whose needed steps are done: that needs file steps.
+            self.p.fail(node, field, "a step with batch must need file-scoped steps only")
+
+    def key_memory(self, node: Node, field: str, scope: Scope) -> None:
+        value = self.p.value(node)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            self.values["memory_mb"] = value
+            return
+        match = MEMORY_RE.match(value.strip()) if isinstance(value, str) else None
+        if match is None:
+            self.p.fail(
+                node,
+                field,
+                f"expected MB as a whole number or a size like 512MB or 2GB, got {_kind(node)}",
+            )
+        unit = (match.group(2) or "M").upper()
+        self.values["memory_mb"] = math.ceil(float(match.group(1)) * MEMORY_UNIT_MB[unit])
+
+    def key_timeout(self, node: Node, field: str, scope: Scope) -> None:
+        value = self.p.value(node)
+        seconds: float | None = None
+        if isinstance(value, str):
+            text = value.replace(" ", "")
+            if PLAIN_NUMBER_RE.match(text):
+                seconds = float(text)
+            elif DURATION_RE.match(text):
+                parts = DURATION_PART_RE.findall(text)
+                seconds = sum(float(n) * DURATION_UNIT_S[u] for n, u in parts)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            seconds = float(value)
+        if seconds is None or not math.isfinite(seconds) or seconds < 0:
+            self.p.fail(
+                node,
+                field,
+                f"expected seconds or a duration like 90s, 30m, 1h30m; got {_kind(node)}",
+            )
+        self.values["timeout_s"] = seconds
+
+    def key_sample_fraction(self, node: Node, field: str, scope: Scope) -> None:
+        value = self.p.value(node)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+            self.p.fail(node, field, f"expected a fraction 0 < f ≤ 1, got {_kind(node)}")
+        self.values["sample_fraction"] = float(value)
+
+    def key_params(self, node: Node, field: str, scope: Scope) -> None:
+        self.values["params"] = self.p.params(node, field)
