@@ -1,0 +1,477 @@
+"""The job wrapper: runs one attempt on a worker node and records how it ended.
+
+Started by an executor as ``runwatch job run ATTEMPT`` (or forked by the local executor's
+zygote, which calls ``main`` in-process). The wrapper claims the attempt, stages the inputs
+in, runs the step's command, checks and stores the outputs, and records the outcome and the
+outputs in one transaction. A heartbeat thread keeps the attempt alive in the database and
+notices when the scheduler gave it up (cancelled, or declared lost): the wrapper then kills
+the command and records nothing, because somebody else already decided the attempt's fate.
+
+Exit codes: 0 the attempt succeeded, or there was nothing to do; 1 the attempt failed and
+that was recorded; 2 bad usage; 3 the outcome could not be recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import FrameType
+
+import sqlalchemy as sa
+
+from runwatch.db import Database, utcnow
+from runwatch.jobs.spec import JobSpec, job_spec
+from runwatch.storage.stage import StageError, stage_in, stage_out
+from runwatch.workflow.models import Attempt
+from runwatch.workflow.nudge import NUDGE_ENV, nudge
+from runwatch.workflow.service import (
+    AttemptOutcome,
+    OutputRecord,
+    RetryPolicy,
+    claim_attempt,
+    finish_attempt,
+    heartbeat,
+)
+from runwatch.workflow.states import AttemptState
+
+log = logging.getLogger("runwatch.job")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNRECORDED = 3
+
+KILL_GRACE_S = 2.0  # SIGTERM first, so that a step can flush; SIGKILL after this
+LOG_TAIL_BYTES = 4096
+RECORD_RETRIES = 5  # a database blip must not leave a finished attempt RUNNING
+WATCH_SLICE_S = 0.25  # the monitor also acts on kills the signal handler asked for
+
+
+class Terminated(BaseException):
+    """The wrapper got SIGTERM/SIGINT before its command started."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    returncode: int  # negative: killed by that signal
+    wall_s: float
+    cpu_s: float
+    peak_rss_mb: float
+
+
+@dataclass(frozen=True)
+class AttemptFiles:
+    """What the wrapper reads of its attempt once it has claimed it."""
+
+    spec: JobSpec
+    workdir: Path
+    log_path: Path
+
+
+# -- entry points -------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``runwatch job run ATTEMPT [--db URL]`` as a plain function (CLI, zygote, tests)."""
+    parser = argparse.ArgumentParser(
+        prog="runwatch job run",
+        description="Run one attempt (started by executors, not by hand).",
+    )
+    parser.add_argument("attempt", type=int, help="Attempt id.")
+    parser.add_argument("--db", default=None, help="Database URL [$RUNWATCH_DATABASE_URL].")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return run_from_url(args.attempt, args.db)
+
+
+def run_from_url(attempt_id: int, url: str | None = None) -> int:
+    """Open the database named by ``url`` (or ``$RUNWATCH_DATABASE_URL``) and run."""
+    setup_logging()
+    url = url or os.environ.get("RUNWATCH_DATABASE_URL")
+    if not url:
+        log.error("no database: give --db or set RUNWATCH_DATABASE_URL")
+        return EXIT_USAGE
+    db = Database(url)
+    try:
+        return run_attempt(db, attempt_id, socket.gethostname())
+    finally:
+        db.dispose()
+
+
+def setup_logging() -> None:
+    # The wrapper's stderr is the attempt's log file: its lines sit among the step's own.
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s runwatch-job[%(process)d] %(levelname)s %(message)s",
+        force=True,
+    )
+
+
+def run_attempt(db: Database, attempt_id: int, host: str) -> int:
+    """Claim, run and record one attempt; return the process exit code."""
+    try:
+        with db.session() as session:
+            claimed = claim_attempt(session, attempt_id, host, utcnow())
+    except sa.exc.SQLAlchemyError:
+        log.exception("attempt %d: cannot claim it", attempt_id)
+        return EXIT_UNRECORDED
+    if not claimed:
+        log.info("attempt %d was given up; not running", attempt_id)
+        return EXIT_OK
+    log.info("attempt %d: claimed on %s (pid %d)", attempt_id, host, os.getpid())
+    job = AttemptRun(db, attempt_id)
+    with job.signals_handled():
+        outcome, policy = job.run()
+        job.finishing = True  # a signal now must not interrupt the recording
+        if outcome is None:
+            log.warning("attempt %d was given up while running; nothing recorded", attempt_id)
+            return EXIT_OK
+        return record(db, attempt_id, outcome, policy)
+
+
+def record(db: Database, attempt_id: int, outcome: AttemptOutcome, policy: RetryPolicy) -> int:
+    """Record the outcome, nudge the scheduler, pick the exit code.
+
+    Connection trouble is retried. If a success cannot be recorded for another reason, the
+    attempt is recorded as failed with that reason rather than left RUNNING.
+    """
+    try:
+        recorded = _finish(db, attempt_id, outcome, policy)
+    except Exception as exc:
+        log.exception("attempt %d: cannot record its outcome", attempt_id)
+        if outcome.state is not AttemptState.SUCCEEDED:
+            return EXIT_UNRECORDED
+        last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        outcome = replace(outcome, state=AttemptState.FAILED, reason=f"cannot record: {last}")
+        outcome = replace(outcome, outputs=())
+        try:
+            recorded = _finish(db, attempt_id, outcome, policy)
+        except Exception:
+            log.exception("attempt %d: cannot record its failure either", attempt_id)
+            return EXIT_UNRECORDED
+    nudge(os.environ.get(NUDGE_ENV))
+    if not recorded:
+        log.warning("attempt %d: its fate was decided elsewhere; not recorded", attempt_id)
+        return EXIT_OK
+    log.info(
+        "attempt %d: %s%s",
+        attempt_id,
+        outcome.state.value,
+        f" ({outcome.reason})" if outcome.reason else "",
+    )
+    return EXIT_OK if outcome.state is AttemptState.SUCCEEDED else EXIT_FAILED
+
+
+def _finish(db: Database, attempt_id: int, outcome: AttemptOutcome, policy: RetryPolicy) -> bool:
+    for attempt in range(RECORD_RETRIES):
+        try:
+            with db.session() as session:
+                return finish_attempt(session, attempt_id, outcome, policy, utcnow())
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            if attempt == RECORD_RETRIES - 1:
+                raise
+            log.warning("attempt %d: recording failed (%s); retrying", attempt_id, exc)
+            time.sleep(2**attempt)
+    raise AssertionError("unreachable")
+
+
+# -- one attempt --------------------------------------------------------------------------
+
+
+class AttemptRun:
+    """The running attempt: its command, heartbeat, timeout and signals."""
+
+    def __init__(self, db: Database, attempt_id: int) -> None:
+        self.db = db
+        self.attempt_id = attempt_id
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starting = False
+        self.signalled: int | None = None  # SIGTERM/SIGINT received by the wrapper
+        self.given_up = False  # heartbeat refused: the attempt is not ours any more
+        self.timed_out = False
+        self.finishing = False  # the outcome is being recorded: signals only set the flag
+        self.kill_at: float | None = None  # monotonic time of the SIGKILL after a SIGTERM
+        self.deadline: float | None = None  # monotonic time the running command times out
+
+    def run(self) -> tuple[AttemptOutcome | None, RetryPolicy]:
+        """The outcome to record (None: given up, record nothing) and the retry policy."""
+        policy = RetryPolicy()
+        files: AttemptFiles | None = None
+        try:
+            files = self.load()
+            policy = RetryPolicy(**files.spec["retry"])
+            with self.watching(float(files.spec["heartbeat_s"])):
+                return self.execute(files), policy
+        except Terminated as exc:
+            return self.killed(exc.signum, files), policy
+        except StageError as exc:
+            return self.failed(str(exc), files), policy
+        except Exception as exc:
+            log.exception("attempt %d: wrapper error", self.attempt_id)
+            last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+            return self.failed(f"wrapper error: {last}", files), policy
+
+    def load(self) -> AttemptFiles:
+        with self.db.read_session() as session:
+            attempt = session.get(Attempt, self.attempt_id)
+            assert attempt is not None  # we just claimed it
+            spec = job_spec(dict(attempt.spec))
+            default = Path(tempfile.gettempdir()) / f"runwatch-attempt-{self.attempt_id}"
+            workdir = Path(attempt.workdir) if attempt.workdir else default
+            log_path = Path(attempt.log_path) if attempt.log_path else workdir / "job.log"
+        return AttemptFiles(spec, workdir, log_path)
+
+    def execute(self, files: AttemptFiles) -> AttemptOutcome | None:
+        spec = files.spec
+        fresh_workdir(files.workdir)
+        files.log_path.parent.mkdir(parents=True, exist_ok=True)
+        for item in spec["inputs"]:
+            path = files.workdir / item["path"]  # an absolute path stays as it is
+            stage_in(item["url"], path, item.get("adler32"))
+        if self.given_up:
+            return None
+        result = self.run_command(files)
+        if self.given_up:
+            return None
+        if self.signalled is not None:
+            return self.killed(self.signalled, files, result)
+        if self.timed_out:
+            reason = f"timed out after {spec['timeout_s']:g} s"
+            return self.outcome(AttemptState.TIMED_OUT, reason, files, result)
+        if result.returncode != 0:
+            return self.outcome(AttemptState.FAILED, exit_reason(result), files, result)
+        missing = missing_output(spec, files.workdir)
+        if missing:
+            return self.outcome(AttemptState.FAILED, missing, files, result)
+        outputs = store_outputs(spec, files.workdir)
+        if self.given_up:
+            return None
+        if self.signalled is not None:
+            return self.killed(self.signalled, files, result)
+        outcome = self.outcome(AttemptState.SUCCEEDED, None, files, result, outputs)
+        shutil.rmtree(files.workdir, ignore_errors=True)  # outputs are stored: free the disk
+        return outcome
+
+    # -- the command ------------------------------------------------------------------
+
+    def run_command(self, files: AttemptFiles) -> CommandResult:
+        spec = files.spec
+        threads = str(max(1, int(spec["threads"])))
+        env = {
+            **os.environ,
+            **spec["env"],
+            "OMP_NUM_THREADS": threads,
+            "RUNWATCH_THREADS": threads,
+            "RUNWATCH_ATTEMPT": str(self.attempt_id),
+        }
+        log.info("attempt %d: running %s", self.attempt_id, spec["command"])
+        sys.stderr.flush()
+        self.starting = True
+        with open(files.log_path, "ab") as log_file:
+            started = time.monotonic()
+            self.proc = subprocess.Popen(
+                ["bash", "-c", spec["command"]],
+                cwd=files.workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group, killed as a whole
+            )
+        self.starting = False
+        if self.signalled is not None or self.given_up:
+            self.terminate_command()
+        timeout_s = float(spec["timeout_s"])
+        self.deadline = started + timeout_s if timeout_s > 0 else None
+        try:
+            _, status, usage = os.wait4(self.proc.pid, 0)
+        finally:
+            wall = time.monotonic() - started
+            self.deadline = None
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        self.signal_group(signal.SIGKILL)  # stragglers the step left behind
+        return CommandResult(
+            returncode=self.proc.returncode,
+            wall_s=wall,
+            cpu_s=usage.ru_utime + usage.ru_stime,
+            peak_rss_mb=usage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024),
+        )
+
+    @contextlib.contextmanager
+    def watching(self, heartbeat_s: float) -> Iterator[None]:
+        """Heartbeats (from stage-in to stage-out), the timeout, the SIGKILL after a
+        SIGTERM: all in one thread beside the main one."""
+        stop = threading.Event()
+        monitor = threading.Thread(target=self.watch, args=(stop, heartbeat_s), daemon=True)
+        monitor.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            monitor.join()
+
+    def watch(self, stop: threading.Event, heartbeat_s: float) -> None:
+        next_beat = time.monotonic() + heartbeat_s
+        while not stop.wait(WATCH_SLICE_S):
+            now = time.monotonic()
+            if self.kill_at is not None and now >= self.kill_at:
+                self.kill_at = None
+                self.signal_group(signal.SIGKILL)
+            deadline = self.deadline
+            if deadline is not None and now >= deadline:
+                self.deadline = None
+                self.timed_out = True
+                log.warning("attempt %d: timed out", self.attempt_id)
+                self.terminate_command()
+            if now >= next_beat:
+                next_beat = now + heartbeat_s
+                if not self.beat():
+                    self.given_up = True
+                    self.terminate_command()
+
+    def beat(self) -> bool:
+        """One heartbeat; True unless the attempt is no longer ours (a database error
+        counts as alive: the scheduler's heartbeat timeout decides that)."""
+        if self.given_up:
+            return False
+        try:
+            with self.db.session() as session:
+                return heartbeat(session, self.attempt_id, utcnow())
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("attempt %d: heartbeat failed: %s", self.attempt_id, exc)
+            return True
+
+    def terminate_command(self) -> None:
+        """SIGTERM the command's group now, SIGKILL it after the grace (by the monitor)."""
+        self.signal_group(signal.SIGTERM)
+        if self.kill_at is None:
+            self.kill_at = time.monotonic() + KILL_GRACE_S
+
+    def signal_group(self, signum: int) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signum)
+
+    # -- signals to the wrapper -------------------------------------------------------
+
+    @contextlib.contextmanager
+    def signals_handled(self) -> Iterator[None]:
+        """SIGTERM/SIGINT stop the command and the attempt is recorded as killed. Signal
+        handlers can only be set in the main thread; elsewhere (tests) they stay as are."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, self.on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        # Takes no locks: it interrupts the main thread anywhere.
+        self.signalled = signum
+        if self.proc is not None:
+            self.terminate_command()
+        elif not (self.starting or self.finishing):
+            raise Terminated(signum)
+
+    # -- outcomes ---------------------------------------------------------------------
+
+    def outcome(
+        self,
+        state: AttemptState,
+        reason: str | None,
+        files: AttemptFiles | None,
+        result: CommandResult | None = None,
+        outputs: Sequence[OutputRecord] = (),
+    ) -> AttemptOutcome:
+        return AttemptOutcome(
+            state=state,
+            reason=reason,
+            exit_code=result.returncode if result and result.returncode >= 0 else None,
+            wall_s=result.wall_s if result else None,
+            cpu_s=result.cpu_s if result else None,
+            peak_rss_mb=result.peak_rss_mb if result else None,
+            log_tail=log_tail(files.log_path) if files else None,
+            outputs=outputs,
+        )
+
+    def failed(self, reason: str, files: AttemptFiles | None) -> AttemptOutcome:
+        return self.outcome(AttemptState.FAILED, reason, files)
+
+    def killed(
+        self, signum: int, files: AttemptFiles | None, result: CommandResult | None = None
+    ) -> AttemptOutcome:
+        reason = f"killed ({signal.Signals(signum).name})"
+        return self.outcome(AttemptState.FAILED, reason, files, result)
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def fresh_workdir(path: Path) -> None:
+    """An empty work directory: nothing left from an earlier try can pass for an output."""
+    if len(path.resolve().parts) < 3:  # a misconfigured work root must not cost a disk
+        raise ValueError(f"refusing to use {path} as a work directory")
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def exit_reason(result: CommandResult) -> str:
+    if result.returncode < 0:
+        return f"killed by signal {signal.Signals(-result.returncode).name}"
+    return f"exit code {result.returncode}"
+
+
+def missing_output(spec: JobSpec, workdir: Path) -> str | None:
+    for name, relative in spec["outputs"].items():
+        if not (workdir / relative).is_file():
+            return f"declared output {name!r} ({relative}) was not written"
+    return None
+
+
+def store_outputs(spec: JobSpec, workdir: Path) -> list[OutputRecord]:
+    """Copy each output to the destination under its own file name: a stable name, so that
+    a retry overwrites what an earlier try stored instead of adding a second copy."""
+    records = []
+    for name, relative in spec["outputs"].items():
+        source = workdir / relative
+        url, size, checksum = stage_out(source, spec["destination"], source.name)
+        records.append(OutputRecord(name=name, url=url, size=size, adler32=checksum))
+    return records
+
+
+def log_tail(path: Path, size: int = LOG_TAIL_BYTES) -> str | None:
+    try:
+        with open(path, "rb") as stream:
+            stream.seek(0, os.SEEK_END)
+            stream.seek(max(0, stream.tell() - size))
+            return stream.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""Stage-in and stage-out with real files and a real local HTTP server."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import random
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from runwatch.storage.checksum import adler32_file
+from runwatch.storage.stage import StageError, stage_in, stage_out
+from runwatch.storage.urls import (
+    URLError,
+    is_file_url,
+    is_http_url,
+    join_url,
+    path_to_url,
+    url_to_path,
+)
+
+
+def payload(size: int, seed: int = 7) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+# -- urls ---------------------------------------------------------------------------------
+
+
+def test_url_helpers_round_trip_paths_with_odd_characters(tmp_path: Path) -> None:
+    path = tmp_path / "run 300" / "a#b%c.root"
+    url = path_to_url(path)
+    assert url.startswith("file:///") and " " not in url and "#" not in url
+    assert url_to_path(url) == path
+    assert url_to_path(str(path)) == path
+    assert url_to_path("file://localhost/data/x") == Path("/data/x")
+    assert join_url(path_to_url(path.parent) + "/", path.name) == url
+    assert join_url("https://eos.example/data", "f 1") == "https://eos.example/data/f%201"
+    assert is_file_url(url) and is_file_url("/data/x") and not is_file_url("https://h/x")
+    assert is_http_url("HTTPS://h/x") and is_http_url("http://h/x") and not is_http_url(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("https://host/x", "not a file URL"),
+        ("file://other-host/x", "on another host"),
+        ("data/x", "not absolute"),
+    ],
+)
+def test_url_to_path_rejects_what_is_not_local(url: str, why: str) -> None:
+    with pytest.raises(URLError, match=why):
+        url_to_path(url)
+
+
+def test_join_url_rejects_paths_as_names() -> None:
+    with pytest.raises(URLError, match="not a file name"):
+        join_url("file:///data/", "../etc/passwd")
+
+
+# -- stage-in from files ------------------------------------------------------------------
+
+
+def test_stage_in_copies_and_verifies_the_checksum(tmp_path: Path) -> None:
+    source = tmp_path / "raw" / "f.raw"
+    source.parent.mkdir()
+    source.write_bytes(payload(300_000))
+    dest = tmp_path / "work" / "inputs" / "f.raw"
+    got = stage_in(source.as_uri(), dest, adler32_file(source).upper().lstrip("0"))
+    assert got == dest
+    assert dest.read_bytes() == source.read_bytes()
+    assert [p.name for p in dest.parent.iterdir()] == ["f.raw"], "no temporary file left"
+
+
+def test_stage_in_uses_a_file_in_place(tmp_path: Path) -> None:
+    source = tmp_path / "f.raw"
+    source.write_bytes(b"abc")
+    before = source.stat()
+    assert stage_in(source.as_uri(), source, adler32_file(source)) == source
+    assert stage_in(str(source), source) == source
+    after = source.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_stage_in_checksum_mismatch_says_both_values_and_removes_the_copy(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "f.raw"
+    source.write_bytes(b"abc")
+    dest = tmp_path / "w" / "f.raw"
+    actual = adler32_file(source)
+    with pytest.raises(StageError) as err:
+        stage_in(source.as_uri(), dest, "0badc0de")
+    assert str(err.value) == (
+        f"checksum mismatch for {source.as_uri()}: expected 0badc0de, got {actual}"
+    )
+    assert not dest.exists()
+    with pytest.raises(StageError, match="checksum mismatch"):
+        stage_in(source.as_uri(), source, "0badc0de")  # in place: checked too
+
+
+def test_stage_in_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.raw"
+    with pytest.raises(StageError, match=f"cannot stage in .*: no such file {missing}"):
+        stage_in(missing.as_uri(), tmp_path / "w" / "nope.raw")
+    with pytest.raises(StageError, match="no such file"):
+        stage_in(missing.as_uri(), missing)
+    with pytest.raises(StageError, match="unsupported URL scheme"):
+        stage_in("root://eos.example//x", tmp_path / "x")
+
+
+# -- stage-in over HTTP -------------------------------------------------------------------
+
+
+class FlakyHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files; the first request of a path under /flaky/ gets a 503."""
+
+    failed: set[str]
+    lock = threading.Lock()
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/flaky/"):
+            with self.lock:
+                first = self.path not in self.failed
+                self.failed.add(self.path)
+            if first:
+                self.send_error(503, "try again")
+                return
+            self.path = self.path.removeprefix("/flaky")
+        super().do_GET()
+
+    def log_message(self, format: str, *args: object) -> None:
+        return None
+
+
+@pytest.fixture
+def http_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = type("Handler", (FlakyHandler,), {"failed": set()})
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), partial(handler, directory=str(root))
+    )
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_https_download_with_checksum(http_root: tuple[str, Path], tmp_path: Path) -> None:
+    base, root = http_root
+    data = payload(5_000_000, seed=11)
+    (root / "big.raw").write_bytes(data)
+    dest = tmp_path / "in" / "big.raw"
+    stage_in(f"{base}/big.raw", dest, adler32_file(root / "big.raw"))
+    assert dest.read_bytes() == data
+
+
+def test_download_retries_a_server_error(http_root: tuple[str, Path], tmp_path: Path) -> None:
+    base, root = http_root
+    (root / "f.raw").write_bytes(b"payload")
+    dest = tmp_path / "f.raw"
+    stage_in(f"{base}/flaky/f.raw", dest, adler32_file(root / "f.raw"), retries=2, backoff=0.01)
+    assert dest.read_bytes() == b"payload"
+    with pytest.raises(StageError, match=r"server error 503 \(gave up after 1 tries\)"):
+        stage_in(f"{base}/flaky/g.raw", tmp_path / "g.raw", retries=0, backoff=0.01)
+    assert not (tmp_path / "g.raw").exists()
+
+
+def test_download_missing_and_unreachable(http_root: tuple[str, Path], tmp_path: Path) -> None:
+    base, _ = http_root
+    with pytest.raises(StageError, match=r"not found \(HTTP 404\)"):
+        stage_in(f"{base}/nope.raw", tmp_path / "n.raw", backoff=0.01)
+    with pytest.raises(StageError, match=r"ConnectError.*gave up after 2 tries"):
+        stage_in("http://127.0.0.1:9/x", tmp_path / "x", retries=1, backoff=0.01)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["served"]
+
+
+def test_download_checksum_mismatch(http_root: tuple[str, Path], tmp_path: Path) -> None:
+    base, root = http_root
+    (root / "f.raw").write_bytes(b"payload")
+    with pytest.raises(StageError, match=f"checksum mismatch for {base}/f.raw: expected 00000002"):
+        stage_in(f"{base}/f.raw", tmp_path / "f.raw", "2")
+    assert not (tmp_path / "f.raw").exists()
+
+
+# -- stage-out ----------------------------------------------------------------------------
+
+
+def test_stage_out_stores_atomically_with_checksum(tmp_path: Path) -> None:
+    source = tmp_path / "work" / "out.rec"
+    source.parent.mkdir()
+    source.write_bytes(payload(1_000_000))
+    dest_dir = tmp_path / "data" / "Physics" / "300" / "rec"
+    stale = dest_dir / ".out.rec.part-deadbeef0000"
+    dest_dir.mkdir(parents=True)
+    stale.write_bytes(b"half a file from a killed job")
+    url, size, checksum = stage_out(source, dest_dir.as_uri() + "/", "out.rec")
+    assert url == (dest_dir / "out.rec").as_uri()
+    assert (size, checksum) == (1_000_000, adler32_file(source))
+    assert (dest_dir / "out.rec").read_bytes() == source.read_bytes()
+    assert [p.name for p in dest_dir.iterdir()] == ["out.rec"]
+    source.write_bytes(b"second try")
+    _, size, _ = stage_out(source, dest_dir.as_uri() + "/", "out.rec")
+    assert size == 10 and (dest_dir / "out.rec").read_bytes() == b"second try"
+
+
+def test_stage_out_of_a_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(StageError, match="no such file"):
+        stage_out(tmp_path / "nope", (tmp_path / "d").as_uri() + "/", "nope")
+
+
+FILL_UP = textwrap.dedent(
+    """
+    import resource, signal, sys
+    from runwatch.storage.stage import StageError, stage_out
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+    try:
+        stage_out(sys.argv[1], sys.argv[2], "out.rec")
+    except StageError as exc:
+        print(exc)
+        sys.exit(3)
+    """
+)
+
+
+def test_stage_out_failing_midway_leaves_no_file(tmp_path: Path) -> None:
+    """A file size limit makes writes fail part way, as a full disk does."""
+    source = tmp_path / "out.rec"
+    source.write_bytes(payload(300_000))
+    dest_dir = tmp_path / "data"
+    done = subprocess.run(
+        [sys.executable, "-c", FILL_UP, str(source), dest_dir.as_uri() + "/"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ},
+    )
+    assert done.returncode == 3, done.stderr
+    assert done.stdout.startswith("no space left (File too large) on ")
+    assert done.stdout.strip().endswith("while writing out.rec")
+    assert list(dest_dir.iterdir()) == [], "neither the final nor the temporary file is left"
+
+
+def test_stage_out_disk_full(tmp_path: Path) -> None:
+    """A real full file system: a tiny tmpfs, when this machine lets us mount one."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        source = tmp_path / "out.rec"
+        source.write_bytes(payload(300_000))
+        with pytest.raises(StageError) as err:
+            stage_out(source, mount.as_uri() + "/", "out.rec")
+        assert str(err.value) == (
+            f"no space left (No space left on device) on {mount} while writing out.rec"
+        )
+        assert list(mount.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
