@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+import typer
 
-from runwatch.config import IngestSettings, SchedulerSettings, Settings
+from runwatch import cli
+from runwatch.config import CONFIG_ENV, IngestSettings, SchedulerSettings, Settings
 from runwatch.db import Base, Database, import_all_models
 
 SERVER_ENV = {
@@ -113,3 +115,18 @@ def settings(tmp_path: Path, db_url: str) -> Settings:
         ),
         ingest=IngestSettings(dropbox=str(tmp_path / "dropbox"), api_tokens=["test-token"]),
     )
+
+
+@pytest.fixture(scope="module")
+def app() -> typer.Typer:
+    """The ``runwatch`` command line, for CliRunner."""
+    return cli.build()
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, db: Database, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """runwatch.toml in tmp_path naming the (migrated) database of the ``db`` fixture."""
+    (tmp_path / "runwatch.toml").write_text('database_url = "sqlite:///runwatch.db"\n')
+    monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "runwatch.toml"))
+    monkeypatch.setenv("COLUMNS", "250")
+    return tmp_path

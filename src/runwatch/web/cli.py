@@ -1,4 +1,4 @@
-"""Sub-commands of this feature."""
+"""``runwatch serve``: the web application (for now the JSON API) under uvicorn."""
 
 from __future__ import annotations
 
@@ -7,3 +7,21 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Add this feature's commands to ``app``."""
+    app.command("serve")(serve)
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8080, "--port", help="Port to listen on."),
+) -> None:
+    """Serve the web application and the JSON API (POST /api/v1/messages)."""
+    import uvicorn
+
+    from runwatch.context import Context
+    from runwatch.web.app import create_app
+
+    ctx = Context.load()
+    try:
+        uvicorn.run(create_app(ctx.settings, ctx.db), host=host, port=port, log_level="info")
+    finally:
+        ctx.db.dispose()

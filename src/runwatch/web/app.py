@@ -1,0 +1,35 @@
+"""The web application: the JSON API now; the shifters' pages join it later.
+
+``create_app`` takes the settings and the database rather than reading them itself, so that
+tests and ``runwatch serve`` build the same app; routers find both on ``app.state``.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from runwatch import __version__
+from runwatch.config import Settings
+from runwatch.db import Database
+from runwatch.ingest.api import router as ingest_router
+
+
+def create_app(settings: Settings, db: Database) -> FastAPI:
+    app = FastAPI(title="runwatch", version=__version__)
+    app.state.settings = settings
+    app.state.db = db
+    app.include_router(ingest_router)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> JSONResponse:
+        """200 when the database answers, else 503 (for load balancers and start scripts)."""
+        try:
+            with db.read_session() as session:
+                session.execute(sa.text("SELECT 1"))
+        except Exception as exc:
+            return JSONResponse({"status": "error", "detail": str(exc)}, status_code=503)
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    return app
