@@ -10,12 +10,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
-from runwatch.executors.local import LocalExecutor
-from runwatch.ingest.service import receive
 
 from runwatch.catalogue.models import Run, RunStatus
 from runwatch.config import Settings
 from runwatch.db import Database, utcnow
+from runwatch.executors.local import LocalExecutor
+from runwatch.ingest.service import receive
 from runwatch.workflow.scheduler import Scheduler
 
 CHAIN = """\
@@ -92,7 +92,7 @@ def announce_run(
 
 def run_statuses(db: Database) -> dict[int, RunStatus]:
     with db.session() as session:
-        return dict(session.execute(sa.select(Run.number, Run.status)).tuples().all())
+        return {n: s for n, s in session.execute(sa.select(Run.number, Run.status))}
 
 
 @contextmanager

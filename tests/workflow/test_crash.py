@@ -21,10 +21,10 @@ from pathlib import Path
 import psutil
 import pytest
 import sqlalchemy as sa
-from runwatch.ingest.service import receive
 
 from runwatch.catalogue.models import RunStatus
 from runwatch.db import Database, utcnow
+from runwatch.ingest.service import receive
 from runwatch.storage.checksum import adler32_file
 from runwatch.workflow.models import Attempt, SchedulerLease, Task, TaskOutput
 from runwatch.workflow.states import AttemptState, TaskState
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 
 # Each step takes a little while, so that kills land in the middle of work.
 SLOW_CHAIN = (
-    CHAIN.replace('command: "', 'command: "sleep 0.05; ')
+    CHAIN.replace('command: "', 'command: "sleep 0.3; ')
     .replace("retries: 2", "retries: 50")
     .replace("    outputs: {rec:", "    retries: 50\n    outputs: {rec:")
     .replace("    outputs: {hist:", "    retries: 50\n    outputs: {hist:")
@@ -62,14 +62,14 @@ RUNS = {300: 25, 301: 25}
 
 def start_scheduler(root: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "RUNWATCH_CONFIG": str(root / "runwatch.toml")}
-    log = open(root / "schedulers.log", "ab")  # noqa: SIM115 (kept open by the child)
-    return subprocess.Popen(
-        [sys.executable, "-m", "runwatch", "scheduler"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
+    with open(root / "schedulers.log", "ab") as log:  # the child keeps its own copy
+        return subprocess.Popen(
+            [sys.executable, "-m", "runwatch", "scheduler"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
 
 
 def active_pid(db: Database) -> int | None:
@@ -88,6 +88,15 @@ def running_wrappers(db: Database) -> list[int]:
             )
         ).all()
     return [int(e.split(":")[1]) for e in ids if e and e.startswith("local:")]
+
+
+def wrappers_soon(db: Database, within_s: float) -> list[int]:
+    """The running wrappers, waiting a moment for some: after a scheduler kill none may run
+    until the standby has taken over, and the test must kill wrappers, not just try."""
+    deadline = time.monotonic() + within_s
+    while not (pids := running_wrappers(db)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return pids
 
 
 def kill(pid: int) -> None:
@@ -123,14 +132,13 @@ def test_kill_minus_nine_at_random_moments_loses_and_duplicates_nothing(tmp_path
         for _ in range(8):
             time.sleep(rng.uniform(0.5, 2.0))
             if rng.random() < 0.6:
-                for pid in running_wrappers(db):
+                for pid in wrappers_soon(db, 5.0):
                     kill(pid)
                     kills["wrapper"] += 1
             pid = active_pid(db)
             if pid is not None:
                 kill(pid)
                 kills["scheduler"] += 1
-                schedulers = [p for p in schedulers if p.pid != pid]
                 schedulers.append(start_scheduler(root))
         feeder.join()
         wait_for(

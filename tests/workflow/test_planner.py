@@ -37,7 +37,7 @@ def test_file_steps_are_chained_and_the_merge_waits_for_the_end_of_run(
     assert plan(db, tmp_path / "p") == (9, 1)
     assert plan(db, tmp_path / "p") == (0, 0), "planning twice makes nothing twice"
     with db.session() as s:
-        states = dict(s.execute(sa.select(Task.key, Task.state)).tuples().all())
+        states = {k: st for k, st in s.execute(sa.select(Task.key, Task.state))}
         deps = s.execute(sa.select(sa.func.count()).select_from(TaskDependency)).scalar()
     calib = [k for k in states if "/calib/" in k]
     assert len(calib) == 3 and all(states[k] is TaskState.READY for k in calib)

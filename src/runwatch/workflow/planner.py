@@ -254,15 +254,14 @@ def update_run_statuses(session: Session, now: dt.datetime, runs: Iterable[Run])
     """Derive each run's status from its files and tasks; returns runs whose status changed."""
     changed = 0
     for run in runs:
-        counts = dict(
-            session.execute(
+        counts = {
+            state: count
+            for state, count in session.execute(
                 sa.select(Task.state, sa.func.count())
                 .where(Task.run_id == run.id)
                 .group_by(Task.state)
             )
-            .tuples()
-            .all()
-        )
+        }
         status = derive_run_status(run_is_complete(session, run), counts)
         if status is not run.status:
             run.status = status

@@ -230,7 +230,7 @@ class Scheduler:
                     sa.select(Attempt, Task.timeout_s)
                     .join(Task, Task.id == Attempt.task_id)
                     .where(Attempt.state.in_(list(ATTEMPT_OPEN)))
-                ).tuples()
+                )
             ]
             cancelled: list[str] = [
                 external_id
