@@ -33,13 +33,19 @@ echo "7 raw files of runs 1001 and 1002 are in demo/dropbox; starting the schedu
 runwatch scheduler >scheduler.log 2>&1 &
 scheduler=$!
 trap 'kill $scheduler 2>/dev/null || true' EXIT
-for _ in $(seq 1 120); do
-  completed=$(runwatch runs list 2>/dev/null | grep -c "All Completed" || true)
-  [ "$completed" -ge 2 ] && break
+export COLUMNS=${COLUMNS:-120}  # wide enough for the runs table when not on a terminal
+completed=no
+for _ in $(seq 1 60); do
+  status=$(runwatch status 2>/dev/null || true)
+  if [[ $status == *"All Completed: 2"* ]]; then completed=yes; break; fi
   sleep 0.5
 done
 runwatch runs list
 runwatch status
+if [ "$completed" != yes ]; then
+  echo "The runs did not complete within a minute; see demo/scheduler.log" >&2
+  exit 1
+fi
 echo
 echo "Look around (in demo/): runwatch runs show 1001 | runwatch tasks list | runwatch tasks show 1"
 echo "Outputs are under demo/data/, job logs under demo/work/logs/."
