@@ -31,6 +31,7 @@ import psutil
 
 from runwatch.config import Settings
 from runwatch.executors.base import JobInfo, JobRequest, JobStatus
+from runwatch.executors.zygote import DATABASE_URL_ENV
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ class LocalExecutor:
         if self.closed or not self.use_zygote:
             return None
         try:
-            return Zygote.start()
+            return Zygote.start(self.settings.database_url)
         except OSError as exc:
             log.warning("cannot start the zygote (%s); wrappers start as subprocesses", exc)
             return None
@@ -229,9 +230,14 @@ class Zygote:
         self.buffer = b""
 
     @classmethod
-    def start(cls) -> Zygote:
+    def start(cls, database_url: str | None = None) -> Zygote:
+        """Start a zygote; with ``database_url`` it warms the wrappers' engine for it."""
+        env = dict(os.environ)
+        if database_url:
+            env[DATABASE_URL_ENV] = database_url  # not in argv: ps would show a password
         proc = subprocess.Popen(
             [sys.executable, "-m", "runwatch.executors.zygote"],
+            env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             start_new_session=True,  # a terminal's signals are for the scheduler

@@ -17,8 +17,9 @@ wrapper the moment it ends (SIGCHLD), so none lingers as a zombie. A double fork
 would hand wrappers to init at once, costs a second fork plus waiting for the middle
 process to exit (about 13 ms per job instead of 2 ms here), and init may reap slowly.
 
-The zygote never opens a database: every wrapper builds its own engine, so no connection
-is ever shared between processes.
+With ``RUNWATCH_DATABASE_URL`` in its environment the zygote also builds and warms the
+wrappers' database engine once (``runwatch.jobs.warm``), so that no wrapper compiles its SQL
+afresh; it closes its connections before serving, so none is ever shared with a wrapper.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ PRELOAD = (
     "pymysql",
     "sqlalchemy.dialects.mysql.pymysql",
 )
+DATABASE_URL_ENV = "RUNWATCH_DATABASE_URL"
 WRAPPER_CRASHED = 70  # the wrapper raised instead of returning an exit code
 # Signals whose handling a wrapper must start from scratch (the zygote may have changed them).
 RESET_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1)
@@ -63,6 +65,10 @@ def preload() -> None:
     configure_mappers()
     # Objects made so far are never freed: keep the collector from touching (and so
     # copying) their memory pages in every forked wrapper.
+    if url := os.environ.get(DATABASE_URL_ENV):
+        from runwatch.jobs.warm import warm_database
+
+        warm_database(url)
     gc.collect()
     gc.freeze()
 

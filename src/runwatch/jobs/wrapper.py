@@ -35,6 +35,7 @@ import sqlalchemy as sa
 
 from runwatch.db import Database, utcnow
 from runwatch.jobs.spec import JobSpec, job_spec
+from runwatch.jobs.warm import database_for
 from runwatch.storage.stage import StageError, stage_in, stage_out
 from runwatch.workflow.models import Attempt
 from runwatch.workflow.nudge import NUDGE_ENV, nudge
@@ -111,7 +112,7 @@ def run_from_url(attempt_id: int, url: str | None = None) -> int:
     if not url:
         log.error("no database: give --db or set RUNWATCH_DATABASE_URL")
         return EXIT_USAGE
-    db = Database(url)
+    db = database_for(url)  # warmed by the zygote that forked us, if it could
     try:
         return run_attempt(db, attempt_id, socket.gethostname())
     finally:

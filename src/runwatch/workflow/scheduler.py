@@ -1,8 +1,12 @@
 """The scheduler daemon: plan, submit, supervise, and keep run statuses current.
 
-``Scheduler.run_once`` is one tick; ``Scheduler.serve`` drives ticks while holding the
-lease, waking as soon as a message arrives or a job ends. All state lives in the database,
-so the process may be killed at any instant and a new one carries on where it stopped.
+``Scheduler.run_once`` is one full tick; ``Scheduler.serve`` drives ticks while holding
+the lease, waking as soon as a message arrives or a job ends. A job that ended only needs
+a quick tick (submit what is READY: the wrapper released the job's dependents when it
+recorded it); the full tick's planning, supervision and run statuses follow when files
+arrive, when slots are free with nothing ready, and at least every ``tick_seconds``.
+All state lives in the database, so the process may be killed at any instant and a new
+one carries on where it stopped.
 """
 
 from __future__ import annotations
@@ -70,6 +74,9 @@ class Scheduler:
         self.executor = executor
         self.clock = clock
         self._lease_renewed_at: dt.datetime | None = None
+        self._last_full: dt.datetime | None = None  # when the last full tick began
+        self._planned_up_to: int | None = None  # the newest message at that moment
+        self._free_slots = 0  # slots left free by the last submission
         self.folder = PipelineFolder(settings.pipelines)
         self.book = PipelineBook()
         self.revisions = RevisionCache()
@@ -83,8 +90,11 @@ class Scheduler:
     # -- one tick -------------------------------------------------------------------------
 
     def run_once(self) -> TickReport:
+        """A full tick: plan, supervise, submit, update run statuses."""
         report = TickReport()
         now = self.clock()
+        self._last_full = now
+        self._planned_up_to = self._signal()[0]  # messages after this call for a full tick
         with self.db.session() as session:
             if self.folder.refresh() or not self.book.current:
                 self.book = record_revisions(session, self.folder.loaded)
@@ -98,6 +108,22 @@ class Scheduler:
             runs = planner.active_runs(session)
             report.runs_changed += planner.update_run_statuses(session, self.clock(), runs)
         return report
+
+    def run_quick(self) -> TickReport:
+        """A quick tick: only submit READY tasks."""
+        return TickReport(submitted=self.submit_ready())
+
+    def full_tick_due(self) -> bool:
+        if self._last_full is None or self._free_slots > 0:
+            return True
+        elapsed = self.clock() - self._last_full
+        if (
+            not dt.timedelta(0)
+            <= elapsed
+            < dt.timedelta(seconds=self.settings.scheduler.tick_seconds)
+        ):
+            return True
+        return self._signal()[0] != self._planned_up_to
 
     # -- submitting -----------------------------------------------------------------------
 
@@ -133,6 +159,7 @@ class Scheduler:
             or 0
         )
         free = self.executor.capacity() - int(used)
+        self._free_slots = max(free, 0)
         if free <= 0:
             return []
         order = (
@@ -153,6 +180,7 @@ class Scheduler:
                 free -= min(task.threads, free)
             if free <= 0:
                 break
+        self._free_slots = max(free, 0)
         return chosen
 
     def _prepare(self, session: Session, task: Task) -> tuple[int, JobRequest] | None:
@@ -306,7 +334,10 @@ class Scheduler:
                     if on_lead is not None:
                         on_lead()
                         on_lead = None
-                report = self.run_once()
+                full = self.full_tick_due()
+                report = self.run_once() if full else self.run_quick()
+                if not full and not report.submitted and self._free_slots > 0:
+                    report = self.run_once()  # free slots, nothing ready: plan for work
                 if not report.busy():
                     self._wait_for_change(stop, wake)
         finally:
