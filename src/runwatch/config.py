@@ -31,7 +31,14 @@ class SchedulerSettings(BaseModel):
     poll_seconds: float = Field(
         0.05, gt=0, description="How often to look for new work between ticks."
     )
-    slots: int = Field(0, ge=0, description="Thread slots for the executor; 0 = CPU count.")
+    slots: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Thread slots for the executor; 0 = CPU count. The local executor also keeps "
+            "one job waiting behind each slot, so the next job starts as soon as one ends."
+        ),
+    )
     order: str = Field("newest", pattern="^(newest|oldest)$", description="Keep-up order.")
     backoff_seconds: float = Field(10.0, ge=0, description="First retry delay; doubles.")
     backoff_max_seconds: float = Field(600.0, ge=0, description="Retry delay cap.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -198,3 +199,28 @@ def test_editing_a_pipeline_never_changes_tasks_already_planned(
     finally:
         executor.close()
     assert len(set(revs.values())) == 2  # run 9 kept the old revision, run 10 got the new
+
+
+def test_jobs_queued_ahead_never_run_more_at_once_than_the_slots(
+    db: Database, settings: Settings, tmp_path: Path
+) -> None:
+    """The local executor forks a job ahead of each slot; the file-lock slots must still
+    let only ``slots`` of them run at a time (claim to recorded end never overlap)."""
+    settings = settings.model_copy(
+        update={"scheduler": settings.scheduler.model_copy(update={"slots": 1})}
+    )
+    write_pipeline(settings, CHAIN.replace('command: "', 'command: "sleep 0.05; '))
+    announce_run(db, tmp_path / "raw", 12, 4)
+    with running_scheduler(settings, db):
+        wait_for(lambda: all_completed(db, [12]), 60, "run 12 All Completed")
+    with db.session() as s:
+        spans = sorted(
+            (a.started_at, a.ended_at, a.submitted_at)
+            for a in s.scalars(sa.select(Attempt).where(Attempt.state == AttemptState.SUCCEEDED))
+        )
+    assert len(spans) == 4 * 3 + 1
+    pairs = list(itertools.pairwise(spans))
+    for (_, ended, _), (started, _, _) in pairs:
+        assert ended is not None and started is not None and ended <= started, spans
+    # And jobs were queued ahead: some job was submitted before the one before it ended.
+    assert any(prev_end and submitted < prev_end for (_, prev_end, _), (_, _, submitted) in pairs)

@@ -61,6 +61,11 @@ class Executor(Protocol):
         """Thread slots this executor may fill at once (the scheduler counts them)."""
         ...
 
+    def queue_ahead(self) -> int:
+        """Threads' worth of jobs the scheduler may submit beyond ``capacity``: they wait
+        in the executor's own queue and start the moment a slot frees (0: none)."""
+        ...
+
     def submit(self, jobs: Sequence[JobRequest]) -> list[str]:
         """Start the jobs; return one external id per job, in order. Raise on failure to
         submit any of them (the scheduler then retries those attempts)."""

@@ -32,6 +32,7 @@ import psutil
 from runwatch.config import Settings
 from runwatch.executors.base import JobInfo, JobRequest, JobStatus
 from runwatch.executors.zygote import DATABASE_URL_ENV
+from runwatch.jobs.slots import SLOTS_ENV, slots_env
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,12 @@ class LocalExecutor:
     def capacity(self) -> int:
         return self.slots
 
+    def queue_ahead(self) -> int:
+        # One job waits behind each slot: its wrapper is already forked, holding a warm
+        # engine, and takes the slot (a file lock, see runwatch.jobs.slots) the moment
+        # the running job's wrapper lets go of it, without waiting for the scheduler.
+        return self.slots
+
     # -- submit ---------------------------------------------------------------------------
 
     def submit(self, jobs: Sequence[JobRequest]) -> list[str]:
@@ -116,8 +123,9 @@ class LocalExecutor:
         return [self._start(job).external_id for job in jobs]
 
     def _start(self, job: JobRequest) -> LocalJob:
-        env = {**os.environ, **job.env}
         cwd = self._cwd()
+        slots = slots_env(self.slots, job.threads, Path(cwd) / "slots")
+        env = {**os.environ, **job.env, SLOTS_ENV: slots}
         wrapper_args = _wrapper_args(job.argv)
         pid: int | None = None
         if self.zygote is not None and wrapper_args is not None:

@@ -34,6 +34,7 @@ from types import FrameType
 import sqlalchemy as sa
 
 from runwatch.db import Database, utcnow
+from runwatch.jobs.slots import SLOTS_ENV, slots_from_env, slots_held
 from runwatch.jobs.spec import JobSpec, job_spec
 from runwatch.jobs.warm import database_for
 from runwatch.storage.stage import StageError, stage_in, stage_out
@@ -130,7 +131,21 @@ def setup_logging() -> None:
 
 
 def run_attempt(db: Database, attempt_id: int, host: str) -> int:
-    """Claim, run and record one attempt; return the process exit code."""
+    """Wait for a slot where the executor asks for it, then claim, run and record one
+    attempt; return the process exit code."""
+    try:
+        slots = slots_from_env(os.environ.get(SLOTS_ENV))
+    except ValueError as exc:
+        log.error("attempt %d: %s", attempt_id, exc)
+        return EXIT_USAGE
+    if slots is None:
+        return _run_attempt(db, attempt_id, host)
+    count, threads, directory = slots
+    with slots_held(count, directory, threads):
+        return _run_attempt(db, attempt_id, host)
+
+
+def _run_attempt(db: Database, attempt_id: int, host: str) -> int:
     try:
         with db.session() as session:
             claimed = claim_attempt(session, attempt_id, host, utcnow())

@@ -158,7 +158,7 @@ class Scheduler:
             )
             or 0
         )
-        free = self.executor.capacity() - int(used)
+        free = self.executor.capacity() + self.executor.queue_ahead() - int(used)
         self._free_slots = max(free, 0)
         if free <= 0:
             return []
