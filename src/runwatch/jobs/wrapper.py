@@ -146,6 +146,7 @@ def run_attempt(db: Database, attempt_id: int, host: str) -> int:
 
 
 def _run_attempt(db: Database, attempt_id: int, host: str) -> int:
+    """Claim, run and record one attempt (holding its slots, if any)."""
     try:
         with db.session() as session:
             claimed = claim_attempt(session, attempt_id, host, utcnow())
