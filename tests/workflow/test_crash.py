@@ -81,10 +81,12 @@ def active_pid(db: Database) -> int | None:
 
 
 def running_wrappers(db: Database) -> list[int]:
+    """Wrappers of open attempts: running a command, or queued for a slot (SUBMITTED)."""
     with db.session() as s:
         ids = s.scalars(
             sa.select(Attempt.external_id).where(
-                Attempt.state == AttemptState.RUNNING, Attempt.external_id.is_not(None)
+                Attempt.state.in_([AttemptState.SUBMITTED, AttemptState.RUNNING]),
+                Attempt.external_id.is_not(None),
             )
         ).all()
     return [int(e.split(":")[1]) for e in ids if e and e.startswith("local:")]
@@ -158,6 +160,9 @@ def test_kill_minus_nine_at_random_moments_loses_and_duplicates_nothing(tmp_path
             kill(pid)
     assert kills["scheduler"] >= 5, kills
     assert kills["wrapper"] >= 1, kills
+    with db.session() as s:  # a killed wrapper cannot report: the scheduler found it lost
+        lost = s.scalar(sa.select(sa.func.count()).where(Attempt.state == AttemptState.LOST))
+    assert lost, "no killed job was noticed"
     check_exactly_once(db, root)
 
 
