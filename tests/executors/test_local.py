@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -21,6 +21,7 @@ from runwatch.executors.base import Executor, JobRequest, JobStatus
 from runwatch.executors.local import LocalExecutor, LocalJob
 from runwatch.workflow.states import AttemptState, TaskState
 from tests.jobs.test_wrapper import attempt_row, make_attempt, wait_for_file
+from tests.waiting import wait_for
 
 ZYGOTE = "runwatch.executors.zygote"
 
@@ -46,15 +47,6 @@ def request(db: Database, attempt_id: int, root: Path) -> JobRequest:
         argv=("runwatch", "job", "run", str(attempt_id)),
         env={"RUNWATCH_DATABASE_URL": db.url},
     )
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def status(executor: Executor, external_id: str) -> JobStatus:
@@ -116,7 +108,7 @@ def test_submit_poll_running_then_gone_and_the_job_is_done(
     assert ZYGOTE in cmdline(job.pid), "started by the zygote"
     assert psutil.Process(job.pid).ppid() == executor.zygote.pid if executor.zygote else False
     assert os.getpgid(job.pid) != os.getpgrp() and os.getsid(job.pid) != os.getsid(0)
-    wait_until(lambda: status(executor, external_id) is JobStatus.GONE, 10, "the job to end")
+    wait_for(lambda: status(executor, external_id) is JobStatus.GONE, 10, "the job to end")
     attempt, task, outputs = attempt_row(db, attempt_id)
     assert (attempt.state, task.state) == (AttemptState.SUCCEEDED, TaskState.DONE)
     assert [o.name for o in outputs] == ["out"]
@@ -142,7 +134,7 @@ def test_a_new_executor_polls_the_jobs_of_an_old_one(
         assert infos[stale].status is JobStatus.GONE
         assert infos["local:x:y"].status is JobStatus.GONE
         assert infos["slurm:123"].reason == "not a local job id: slurm:123"
-        wait_until(lambda: status(second, external_id) is JobStatus.GONE, 10, "the job to end")
+        wait_for(lambda: status(second, external_id) is JobStatus.GONE, 10, "the job to end")
     finally:
         second.close()
     assert attempt_row(db, attempt_id)[0].state is AttemptState.SUCCEEDED
@@ -158,8 +150,8 @@ def test_cancel_kills_the_wrapper_and_its_step(
     started = time.monotonic()
     executor.cancel(external_id)
     assert time.monotonic() - started < 0.5, "cancel does not wait"
-    wait_until(lambda: status(executor, external_id) is JobStatus.GONE, 10, "the wrapper to end")
-    wait_until(lambda: not step.is_running(), 5, "the step to end")
+    wait_for(lambda: status(executor, external_id) is JobStatus.GONE, 10, "the wrapper to end")
+    wait_for(lambda: not step.is_running(), 5, "the step to end")
     attempt, task, _ = attempt_row(db, attempt_id)
     assert attempt.state is AttemptState.FAILED and attempt.reason == "killed (SIGTERM)"
     assert task.state is TaskState.RETRYING
@@ -193,8 +185,8 @@ def test_cancel_escalates_to_sigkill_for_every_group(
     executor.cancel(external_id)
     time.sleep(0.15)
     assert status(executor, external_id) is JobStatus.RUNNING, "SIGTERM is ignored"
-    wait_until(lambda: status(executor, external_id) is JobStatus.GONE, 5, "the SIGKILL")
-    wait_until(lambda: not child.is_running(), 5, "the child's group to be killed")
+    wait_for(lambda: status(executor, external_id) is JobStatus.GONE, 5, "the SIGKILL")
+    wait_for(lambda: not child.is_running(), 5, "the child's group to be killed")
     info = executor.poll([external_id])[external_id]
     assert info.status is JobStatus.GONE
 
@@ -211,7 +203,7 @@ def test_close_leaves_running_wrappers_alone(
     assert not zygote.is_running()
     job = LocalJob.parse(external_id)
     assert job is not None and job.running()
-    wait_until(lambda: not job.running(), 10, "the wrapper to finish")
+    wait_for(lambda: not job.running(), 10, "the wrapper to finish")
     assert attempt_row(db, attempt_id)[0].state is AttemptState.SUCCEEDED
 
 
@@ -223,9 +215,7 @@ def test_killed_zygote_falls_back_to_subprocesses_then_restarts(
     [first_id] = executor.submit([request(db, first, tmp_path)])
     old_zygote = executor.zygote.pid
     os.kill(old_zygote, signal.SIGKILL)
-    wait_until(
-        lambda: executor.zygote is not None and executor.zygote.proc.poll() is not None, 5, ""
-    )
+    wait_for(lambda: executor.zygote is not None and executor.zygote.proc.poll() is not None, 5, "")
     second, third = make_attempt(db, tmp_path, "sleep 0.3"), make_attempt(db, tmp_path, "sleep 0.3")
     ids = executor.submit([request(db, a, tmp_path) for a in (second, third)])
     for external_id in ids:
@@ -241,7 +231,7 @@ def test_killed_zygote_falls_back_to_subprocesses_then_restarts(
     job = LocalJob.parse(fourth_id)
     assert job is not None and ZYGOTE in cmdline(job.pid)
     for external_id in [first_id, *ids, fourth_id]:
-        wait_until(lambda e=external_id: status(executor, e) is JobStatus.GONE, 10, "jobs to end")
+        wait_for(lambda e=external_id: status(executor, e) is JobStatus.GONE, 10, "jobs to end")
     for attempt_id in (first, second, third, fourth):
         assert attempt_row(db, attempt_id)[0].state is AttemptState.SUCCEEDED
     assert executor.poll(ids)[ids[0]].exit_code in (0, None)
@@ -259,14 +249,14 @@ def test_no_zombies_are_left(
         assert plain.zygote is None
         ids += plain.submit([request(db, a, tmp_path) for a in attempts[2:]])
         for external_id in ids:
-            wait_until(lambda e=external_id: status(plain, e) is JobStatus.GONE, 10, "the end")
+            wait_for(lambda e=external_id: status(plain, e) is JobStatus.GONE, 10, "the end")
     finally:
         plain.close()
-    wait_until(lambda: not zombies_of(os.getpid(), zygote), 2, "no zombie children")
+    wait_for(lambda: not zombies_of(os.getpid(), zygote), 2, "no zombie children")
     for external_id in ids:
         job = LocalJob.parse(external_id)
         assert job is not None
-        wait_until(lambda j=job: not psutil.pid_exists(j.pid), 2, f"pid {job.pid} reaped")
+        wait_for(lambda j=job: not psutil.pid_exists(j.pid), 2, f"pid {job.pid} reaped")
 
 
 SCHEDULER_THAT_DIES = textwrap.dedent(
@@ -316,10 +306,10 @@ def test_a_killed_scheduler_kills_neither_jobs_nor_leaves_its_zygote(
         scheduler.wait()
         if scheduler.stdout is not None:
             scheduler.stdout.close()
-    wait_until(lambda: not alive(zygote), 1, "the zygote to exit with its scheduler")
+    wait_for(lambda: not alive(zygote), 1, "the zygote to exit with its scheduler")
     job = LocalJob.parse(external_id)
     assert job is not None and job.running(), "the job outlives its scheduler"
-    wait_until(lambda: not job.running(), 10, "the job to finish")
+    wait_for(lambda: not job.running(), 10, "the job to finish")
     assert attempt_row(db, attempt_id)[0].state is AttemptState.SUCCEEDED
 
 
@@ -339,7 +329,7 @@ def test_the_zygote_starts_wrappers_much_faster_than_subprocesses(
             job = request(db, attempt_id, tmp_path)
             begin = time.perf_counter()
             executor.submit([job])
-            wait_until(lambda a=attempt_id, j=job: started(Path(j.log_path), a), 10, "start")
+            wait_for(lambda a=attempt_id, j=job: started(Path(j.log_path), a), 10, "start")
             times.append(time.perf_counter() - begin)
         return times
 
@@ -369,5 +359,5 @@ def test_a_job_the_zygote_cannot_start_raises_and_keeps_the_zygote(
     assert executor.zygote is not None and executor.zygote.pid == zygote
     good = make_attempt(db, tmp_path, "true")
     [external_id] = executor.submit([request(db, good, tmp_path)])
-    wait_until(lambda: status(executor, external_id) is JobStatus.GONE, 10, "the job to end")
+    wait_for(lambda: status(executor, external_id) is JobStatus.GONE, 10, "the job to end")
     assert attempt_row(db, good)[0].state is AttemptState.SUCCEEDED

@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pika
 import pytest
@@ -19,6 +19,7 @@ from runwatch.db import Database
 from runwatch.ingest.amqp import AmqpSource, redacted
 from runwatch.ingest.models import MessageStatus, ReceivedMessage
 from tests.conftest import server_url
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -71,13 +72,6 @@ def waiting(settings: Settings) -> int:
 def stored(db: Database) -> list[ReceivedMessage]:
     with db.session() as session:
         return list(session.scalars(sa.select(ReceivedMessage)))
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_a_message_is_stored_then_acked_and_wakes_the_scheduler(

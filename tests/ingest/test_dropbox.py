@@ -17,6 +17,7 @@ from runwatch.db import Database
 from runwatch.ingest.dropbox import DropboxSource, scan_once
 from runwatch.ingest.models import MessageStatus, ReceivedMessage
 from runwatch.ingest.sources import load_sources
+from tests.waiting import wait_for
 
 
 def raw(dropbox: Path, seq: int, run: int = 1234, semaphore: str | None = "") -> Path:
@@ -36,14 +37,6 @@ def files(db: Database) -> dict[str, File]:
 def messages(db: Database) -> list[ReceivedMessage]:
     with db.session() as session:
         return list(session.scalars(sa.select(ReceivedMessage).order_by(ReceivedMessage.id)))
-
-
-def wait_for(predicate: object, timeout: float = 5.0) -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_an_empty_semaphore_makes_the_message_from_the_file(

@@ -7,12 +7,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from runwatch.jobs.slots import slots_env, slots_from_env, slots_held
+from tests.waiting import wait_for
 
 
 def test_the_environment_value_round_trips_and_bad_values_are_refused(tmp_path: Path) -> None:
@@ -39,24 +39,18 @@ def hold_in_thread(
     return thread, release
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate() and time.monotonic() < deadline:
-        time.sleep(0.001)
-
-
 def test_a_second_job_waits_for_the_only_slot_and_gets_it_at_once(tmp_path: Path) -> None:
     first: list[tuple[float, list[int]]] = []
     second: list[tuple[float, list[int]]] = []
     t1, r1 = hold_in_thread(tmp_path, 1, 1, first)
-    wait_until(lambda: first)
+    wait_for(lambda: first)
     t2, r2 = hold_in_thread(tmp_path, 1, 1, second)
     time.sleep(0.2)
     assert second == [], "two jobs in one slot"
     freed = time.monotonic()
     r1.set()
     t1.join()
-    wait_until(lambda: second)
+    wait_for(lambda: second)
     assert second[0][1] == [0]
     assert second[0][0] - freed < 0.05, "the waiting job was slow to take the slot"
     r2.set()
@@ -68,18 +62,18 @@ def test_a_two_thread_job_takes_two_slots_at_once_or_none(tmp_path: Path) -> Non
     big: list[tuple[float, list[int]]] = []
     huge: list[tuple[float, list[int]]] = []
     t1, r1 = hold_in_thread(tmp_path, 2, 1, small)
-    wait_until(lambda: small)
+    wait_for(lambda: small)
     t2, r2 = hold_in_thread(tmp_path, 2, 2, big)
     time.sleep(0.2)
     assert big == [], "a two-thread job started with one slot free"
     r1.set()
     t1.join()
-    wait_until(lambda: big)
+    wait_for(lambda: big)
     assert big[0][1] == [0, 1]
     r2.set()
     t2.join()
     t3, r3 = hold_in_thread(tmp_path, 2, 8, huge)  # more threads than slots: all slots
-    wait_until(lambda: huge)
+    wait_for(lambda: huge)
     assert huge[0][1] == [0, 1]
     r3.set()
     t3.join()
@@ -106,7 +100,7 @@ def test_a_killed_holder_gives_its_slot_back(tmp_path: Path) -> None:
         time.sleep(0.1)
         assert got == []
         holder.kill()  # SIGKILL: no clean-up code runs, the kernel drops the lock
-        wait_until(lambda: got)
+        wait_for(lambda: got)
         assert got and got[0][1] == [0]
         release.set()
         thread.join()

@@ -28,7 +28,8 @@ from runwatch.ingest.service import receive
 from runwatch.storage.checksum import adler32_file
 from runwatch.workflow.models import Attempt, SchedulerLease, Task, TaskOutput
 from runwatch.workflow.states import AttemptState, TaskState
-from tests.workflow.engine import CHAIN, message, raw_file, run_statuses, wait_for
+from tests.waiting import wait_for
+from tests.workflow.engine import CHAIN, message, raw_file, run_statuses
 
 pytestmark = pytest.mark.slow
 

@@ -15,6 +15,7 @@ from runwatch.storage.checksum import adler32_file
 from runwatch.workflow.models import Attempt, Task, TaskOutput
 from runwatch.workflow.service import retry_task
 from runwatch.workflow.states import AttemptState, TaskState
+from tests.waiting import wait_for
 from tests.workflow.engine import (
     CHAIN,
     announce_run,
@@ -22,7 +23,6 @@ from tests.workflow.engine import (
     raw_file,
     run_statuses,
     running_scheduler,
-    wait_for,
     write_pipeline,
 )
 
