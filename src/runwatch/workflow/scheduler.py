@@ -76,7 +76,7 @@ class Scheduler:
         self._lease_renewed_at: dt.datetime | None = None
         self._last_full: dt.datetime | None = None  # when the last full tick began
         self._planned_up_to: int | None = None  # the newest message at that moment
-        self._free_slots = 0  # slots left free by the last submission
+        self._room = 0  # threads' worth of jobs the last submission could still have added
         self.folder = PipelineFolder(settings.pipelines)
         self.book = PipelineBook()
         self.revisions = RevisionCache()
@@ -114,7 +114,9 @@ class Scheduler:
         return TickReport(submitted=self.submit_ready())
 
     def full_tick_due(self) -> bool:
-        if self._last_full is None or self._free_slots > 0:
+        """A full tick is due when there was room for jobs at the last submission (planning
+        may find work), when ``tick_seconds`` have passed, or when messages arrived."""
+        if self._last_full is None or self._room > 0:
             return True
         elapsed = self.clock() - self._last_full
         if (
@@ -159,7 +161,7 @@ class Scheduler:
             or 0
         )
         free = self.executor.capacity() + self.executor.queue_ahead() - int(used)
-        self._free_slots = max(free, 0)
+        self._room = max(free, 0)
         if free <= 0:
             return []
         order = (
@@ -180,7 +182,7 @@ class Scheduler:
                 free -= min(task.threads, free)
             if free <= 0:
                 break
-        self._free_slots = max(free, 0)
+        self._room = max(free, 0)
         return chosen
 
     def _prepare(self, session: Session, task: Task) -> tuple[int, JobRequest] | None:
@@ -336,8 +338,8 @@ class Scheduler:
                         on_lead = None
                 full = self.full_tick_due()
                 report = self.run_once() if full else self.run_quick()
-                if not full and not report.submitted and self._free_slots > 0:
-                    report = self.run_once()  # free slots, nothing ready: plan for work
+                if not full and not report.submitted and self._room > 0:
+                    report = self.run_once()  # room for jobs, nothing ready: plan for work
                 if not report.busy():
                     self._wait_for_change(stop, wake)
         finally:
