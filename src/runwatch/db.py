@@ -158,6 +158,13 @@ class Database:
                 raise
 
     @contextmanager
+    def transaction(self) -> Iterator[sa.Connection]:
+        """A Core connection in a transaction that commits on success: for the hot paths
+        run for every task, where an ORM session's own cost would dominate."""
+        with self.engine.begin() as connection:
+            yield connection
+
+    @contextmanager
     def read_session(self) -> Iterator[Session]:
         """A session for reading only: on SQLite it takes no write lock."""
         with self.readers() as session:

@@ -30,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -38,9 +39,9 @@ from runwatch.jobs.slots import SLOTS_ENV, slots_from_env, slots_held
 from runwatch.jobs.spec import JobSpec, job_spec
 from runwatch.jobs.warm import database_for
 from runwatch.storage.stage import StageError, stage_in, stage_out
-from runwatch.workflow.models import Attempt
 from runwatch.workflow.nudge import NUDGE_ENV, nudge
 from runwatch.workflow.service import (
+    ATTEMPTS,
     AttemptOutcome,
     OutputRecord,
     RetryPolicy,
@@ -86,6 +87,12 @@ class AttemptFiles:
     spec: JobSpec
     workdir: Path
     log_path: Path
+
+
+JobRow = tuple[dict[str, Any], str | None, str | None]  # spec, work directory, log path
+_JOB_OF_ATTEMPT = sa.select(ATTEMPTS.c.spec, ATTEMPTS.c.workdir, ATTEMPTS.c.log_path).where(
+    ATTEMPTS.c.id == sa.bindparam("attempt_id")
+)
 
 
 # -- entry points -------------------------------------------------------------------------
@@ -148,18 +155,21 @@ def run_attempt(db: Database, attempt_id: int, host: str) -> int:
 def _run_attempt(db: Database, attempt_id: int, host: str) -> int:
     """Claim, run and record one attempt (holding its slots, if any)."""
     try:
-        with db.session() as session:
-            claimed = claim_attempt(session, attempt_id, host, utcnow())
+        with db.transaction() as tx:
+            job_row: JobRow | None = None
+            if claim_attempt(tx, attempt_id, host, utcnow()):
+                row = tx.execute(_JOB_OF_ATTEMPT, {"attempt_id": attempt_id}).one()
+                job_row = (row[0], row[1], row[2])
     except sa.exc.SQLAlchemyError:
         log.exception("attempt %d: cannot claim it", attempt_id)
         return EXIT_UNRECORDED
-    if not claimed:
+    if job_row is None:
         log.info("attempt %d was given up; not running", attempt_id)
         return EXIT_OK
     log.info("attempt %d: claimed on %s (pid %d)", attempt_id, host, os.getpid())
     job = AttemptRun(db, attempt_id)
     with job.signals_handled():
-        outcome, policy = job.run()
+        outcome, policy = job.run(job_row)
         job.finishing = True  # a signal now must not interrupt the recording
         if outcome is None:
             log.warning("attempt %d was given up while running; nothing recorded", attempt_id)
@@ -203,8 +213,8 @@ def record(db: Database, attempt_id: int, outcome: AttemptOutcome, policy: Retry
 def _finish(db: Database, attempt_id: int, outcome: AttemptOutcome, policy: RetryPolicy) -> bool:
     for attempt in range(RECORD_RETRIES):
         try:
-            with db.session() as session:
-                return finish_attempt(session, attempt_id, outcome, policy, utcnow())
+            with db.transaction() as tx:
+                return finish_attempt(tx, attempt_id, outcome, policy, utcnow())
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
             if attempt == RECORD_RETRIES - 1:
                 raise
@@ -231,12 +241,13 @@ class AttemptRun:
         self.kill_at: float | None = None  # monotonic time of the SIGKILL after a SIGTERM
         self.deadline: float | None = None  # monotonic time the running command times out
 
-    def run(self) -> tuple[AttemptOutcome | None, RetryPolicy]:
-        """The outcome to record (None: given up, record nothing) and the retry policy."""
+    def run(self, job_row: JobRow) -> tuple[AttemptOutcome | None, RetryPolicy]:
+        """The outcome to record (None: given up, record nothing) and the retry policy;
+        ``job_row`` is the attempt's spec, work directory and log path."""
         policy = RetryPolicy()
         files: AttemptFiles | None = None
         try:
-            files = self.load()
+            files = self.files(job_row)
             policy = RetryPolicy(**files.spec["retry"])
             with self.watching(float(files.spec["heartbeat_s"])):
                 return self.execute(files), policy
@@ -249,14 +260,12 @@ class AttemptRun:
             last = traceback.format_exception_only(type(exc), exc)[-1].strip()
             return self.failed(f"wrapper error: {last}", files), policy
 
-    def load(self) -> AttemptFiles:
-        with self.db.read_session() as session:
-            attempt = session.get(Attempt, self.attempt_id)
-            assert attempt is not None  # we just claimed it
-            spec = job_spec(dict(attempt.spec))
-            default = Path(tempfile.gettempdir()) / f"runwatch-attempt-{self.attempt_id}"
-            workdir = Path(attempt.workdir) if attempt.workdir else default
-            log_path = Path(attempt.log_path) if attempt.log_path else workdir / "job.log"
+    def files(self, job_row: JobRow) -> AttemptFiles:
+        spec_data, workdir_text, log_text = job_row
+        spec = job_spec(dict(spec_data))
+        default = Path(tempfile.gettempdir()) / f"runwatch-attempt-{self.attempt_id}"
+        workdir = Path(workdir_text) if workdir_text else default
+        log_path = Path(log_text) if log_text else workdir / "job.log"
         return AttemptFiles(spec, workdir, log_path)
 
     def execute(self, files: AttemptFiles) -> AttemptOutcome | None:
@@ -373,8 +382,8 @@ class AttemptRun:
         if self.given_up:
             return False
         try:
-            with self.db.session() as session:
-                return heartbeat(session, self.attempt_id, utcnow())
+            with self.db.transaction() as tx:
+                return heartbeat(tx, self.attempt_id, utcnow())
         except sa.exc.SQLAlchemyError as exc:
             log.warning("attempt %d: heartbeat failed: %s", self.attempt_id, exc)
             return True
