@@ -135,6 +135,14 @@ def _begin_immediate_fast(dbapi_conn: Any) -> bool:
         cur.close()
 
 
+Transaction = Session | sa.Connection  # what functions that never commit work in
+
+
+def connection_of(tx: Transaction) -> sa.Connection:
+    """The Core connection of a transaction (a session's costs ~0.1 ms: ask once)."""
+    return tx if isinstance(tx, sa.Connection) else tx.connection()
+
+
 class Database:
     """An engine plus its session factory; open it once per process."""
 

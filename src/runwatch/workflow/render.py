@@ -1,22 +1,174 @@
-"""Rendering a task into the job the wrapper runs (``Attempt.spec``), at submit time."""
+"""Rendering a task into the job the wrapper runs (``Attempt.spec``), at submit time.
+
+The scheduler renders every job it submits, so what rendering needs of the database is
+read with few Core queries: one for the READY tasks with their run and file
+(``ready_tasks``), one for the inputs of each task that needs others (``task_inputs``).
+"""
 
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
 
 from runwatch.catalogue.models import File, Run
 from runwatch.config import Settings
 from runwatch.jobs.spec import InputSpec, JobSpec
-from runwatch.workflow.models import Task, TaskDependency, TaskOutput
+from runwatch.workflow.models import Attempt, Task, TaskDependency, TaskOutput
 from runwatch.workflow.spec import Pipeline
+from runwatch.workflow.states import TaskState
 from runwatch.workflow.templates import render_step
+
+TASKS = cast(sa.Table, Task.__table__)
+RUNS = cast(sa.Table, Run.__table__)
+FILES = cast(sa.Table, File.__table__)
+ATTEMPTS = cast(sa.Table, Attempt.__table__)
+DEPENDENCIES = cast(sa.Table, TaskDependency.__table__)
+OUTPUTS = cast(sa.Table, TaskOutput.__table__)
+
+
+@dataclass(frozen=True)
+class ReadyTask:
+    """A READY task with what rendering its job needs."""
+
+    id: int
+    key: str
+    revision_id: int
+    pipeline: str
+    step: str
+    scope: str
+    batch: int | None
+    final: bool
+    threads: int
+    memory_mb: int
+    timeout_s: float
+    run_number: int
+    run_stream: str
+    file: dict[str, Any] | None  # name, url, stream, sequence, meta; None for a run task
+    has_needs: bool
+    next_attempt: int  # the number the attempt about to be made gets
+
+
+_READY_COLUMNS = (
+    TASKS.c.id,
+    TASKS.c.key,
+    TASKS.c.revision_id,
+    TASKS.c.pipeline,
+    TASKS.c.step,
+    TASKS.c.scope,
+    TASKS.c.batch,
+    TASKS.c.final,
+    TASKS.c.threads,
+    TASKS.c.memory_mb,
+    TASKS.c.timeout_s,
+    RUNS.c.number,
+    RUNS.c.stream,
+    FILES.c.id,
+    FILES.c.name,
+    FILES.c.url,
+    FILES.c.stream,
+    FILES.c.sequence,
+    FILES.c["metadata"],
+    sa.exists().where(DEPENDENCIES.c.task_id == TASKS.c.id).label("has_needs"),
+    sa.select(sa.func.coalesce(sa.func.max(ATTEMPTS.c.number), 0))
+    .where(ATTEMPTS.c.task_id == TASKS.c.id)
+    .scalar_subquery()
+    .label("attempts"),
+)
+
+
+def _ready_query(newest_first: bool) -> sa.Select[Any]:
+    order = TASKS.c.priority_at.desc() if newest_first else TASKS.c.priority_at.asc()
+    return (
+        sa.select(*_READY_COLUMNS)
+        .select_from(
+            TASKS.join(RUNS, RUNS.c.id == TASKS.c.run_id).outerjoin(
+                FILES, FILES.c.id == TASKS.c.file_id
+            )
+        )
+        .where(TASKS.c.state == TaskState.READY)
+        .order_by(order, TASKS.c.id)
+        .limit(sa.bindparam("limit"))
+    )
+
+
+_READY = {True: _ready_query(True), False: _ready_query(False)}
+
+
+def ready_tasks(connection: sa.Connection, limit: int, newest_first: bool) -> list[ReadyTask]:
+    """Up to ``limit`` READY tasks, newest data first (or oldest), then by id."""
+    return [_ready_task(row) for row in connection.execute(_READY[newest_first], {"limit": limit})]
+
+
+def _ready_task(row: sa.Row[Any]) -> ReadyTask:
+    values: tuple[Any, ...] = tuple(row)
+    (
+        *task_columns,
+        run_number,
+        run_stream,
+        file_id,
+        file_name,
+        file_url,
+        file_stream,
+        file_sequence,
+        file_meta,
+        has_needs,
+        attempts,
+    ) = values
+    file = None
+    if file_id is not None:
+        file = {
+            "name": file_name,
+            "url": file_url,
+            "stream": file_stream,
+            "sequence": file_sequence,
+            "meta": dict(file_meta or {}),
+        }
+    task_id, key, revision_id, pipeline, step, scope, batch, final, threads, memory, timeout = (
+        task_columns
+    )
+    return ReadyTask(
+        id=task_id,
+        key=key,
+        revision_id=revision_id,
+        pipeline=pipeline,
+        step=step,
+        scope=scope,
+        batch=batch,
+        final=bool(final),
+        threads=threads,
+        memory_mb=memory,
+        timeout_s=timeout,
+        run_number=run_number,
+        run_stream=run_stream,
+        file=file,
+        has_needs=bool(has_needs),
+        next_attempt=int(attempts) + 1,
+    )
+
+
+_NEEDED_OUTPUTS = (
+    sa.select(OUTPUTS.c.url)
+    .join(TASKS, TASKS.c.id == OUTPUTS.c.task_id)
+    .join(DEPENDENCIES, DEPENDENCIES.c.needs_id == TASKS.c.id)
+    .outerjoin(FILES, FILES.c.id == TASKS.c.file_id)
+    .where(DEPENDENCIES.c.task_id == sa.bindparam("task_id"))
+    .order_by(FILES.c.sequence, FILES.c.id, TASKS.c.id, OUTPUTS.c.name)
+)
+
+
+def task_inputs(connection: sa.Connection, task: ReadyTask) -> list[str]:
+    """Input URLs: the raw file for a first step, else the outputs of the tasks it needs,
+    in file order, then step, then output name (stable, so a rerun sees the same list)."""
+    if task.scope == "file" and not task.has_needs:
+        assert task.file is not None
+        return [task.file["url"]]
+    return list(connection.execute(_NEEDED_OUTPUTS, {"task_id": task.id}).scalars())
 
 
 @dataclass(frozen=True)
@@ -24,29 +176,6 @@ class RenderedJob:
     spec: JobSpec
     workdir: str
     log_path: str
-
-
-def task_inputs(session: Session, task: Task) -> list[str]:
-    """Input URLs: the raw file for a first step, else the outputs of the tasks it needs,
-    in file order, then step, then output name (stable, so a rerun sees the same list)."""
-    if task.scope == "file":
-        has_needs = session.scalar(
-            sa.select(sa.func.count()).where(TaskDependency.task_id == task.id)
-        )
-        if not has_needs:
-            assert task.file_id is not None
-            file = session.get(File, task.file_id)
-            assert file is not None
-            return [file.url]
-    rows = session.execute(
-        sa.select(TaskOutput.url)
-        .join(Task, Task.id == TaskOutput.task_id)
-        .join(TaskDependency, TaskDependency.needs_id == Task.id)
-        .outerjoin(File, File.id == Task.file_id)
-        .where(TaskDependency.task_id == task.id)
-        .order_by(File.sequence, File.id, Task.id, TaskOutput.name)
-    ).scalars()
-    return list(rows)
 
 
 def local_path(url: str, workdir: Path) -> str:
@@ -58,42 +187,42 @@ def local_path(url: str, workdir: Path) -> str:
 
 
 def render_job(
-    session: Session, task: Task, pipeline: Pipeline, settings: Settings, attempt_number: int
+    task: ReadyTask,
+    inputs: Sequence[str],
+    pipeline: Pipeline,
+    settings: Settings,
 ) -> RenderedJob:
+    """The job of ``task``'s next attempt, whose inputs are the URLs ``inputs``."""
     step = pipeline.steps[task.step]
-    run = session.get(Run, task.run_id)
-    assert run is not None
     workdir = (
         Path(settings.work_root)
         / task.pipeline
         / task.step
-        / str(run.number)
-        / (f"task-{task.id}-attempt-{attempt_number}")
+        / str(task.run_number)
+        / f"task-{task.id}-attempt-{task.next_attempt}"
     )
-    log_path = Path(settings.work_root) / "logs" / str(task.id) / f"attempt-{attempt_number}.log"
-    urls = task_inputs(session, task)
-    task.inputs = urls
-    inputs: list[InputSpec] = [
-        {"url": url, "path": local_path(url, workdir), "adler32": None} for url in urls
+    log_path = Path(settings.work_root) / "logs" / str(task.id) / f"attempt-{task.next_attempt}.log"
+    specs: list[InputSpec] = [
+        {"url": url, "path": local_path(url, workdir), "adler32": None} for url in inputs
     ]
-    context = _template_context(session, task, run, [i["path"] for i in inputs])
+    context = _template_context(task, [i["path"] for i in specs])
     context.update(
         threads=step.threads,
         sample_fraction=step.sample_fraction,
         params={**pipeline.params, **step.params},
     )
     command, outputs = render_step(step, pipeline, context)
-    stream = _stream_of(session, task, run)
-    destination = Path(settings.data_root) / stream / str(run.number) / task.step
+    stream = task.file["stream"] if task.file is not None else task.run_stream
+    destination = Path(settings.data_root) / stream / str(task.run_number) / task.step
     spec: JobSpec = {
         "command": command,
-        "inputs": inputs,
+        "inputs": specs,
         "outputs": outputs,
         "destination": destination.as_uri() + "/",
         "timeout_s": task.timeout_s,
         "threads": task.threads,
         "heartbeat_s": max(1.0, settings.scheduler.heartbeat_timeout_seconds / 6),
-        "env": {"RUNWATCH_TASK": task.key, "RUNWATCH_RUN": str(run.number)},
+        "env": {"RUNWATCH_TASK": task.key, "RUNWATCH_RUN": str(task.run_number)},
         "retry": {
             "backoff_seconds": settings.scheduler.backoff_seconds,
             "backoff_max_seconds": settings.scheduler.backoff_max_seconds,
@@ -102,30 +231,21 @@ def render_job(
     return RenderedJob(spec=spec, workdir=str(workdir), log_path=str(log_path))
 
 
-def _stream_of(session: Session, task: Task, run: Run) -> str:
-    if task.file_id is not None:
-        file = session.get(File, task.file_id)
-        assert file is not None
-        return file.stream
-    return run.stream
-
-
-def _template_context(session: Session, task: Task, run: Run, inputs: list[str]) -> dict[str, Any]:
+def _template_context(task: ReadyTask, inputs: list[str]) -> dict[str, Any]:
     context: dict[str, Any] = {
-        "run": {"number": run.number, "stream": run.stream},
+        "run": {"number": task.run_number, "stream": task.run_stream},
         "inputs": inputs,
         "task": {"id": task.id, "key": task.key, "batch": task.batch, "final": task.final},
     }
-    if task.file_id is not None:
-        file = session.get(File, task.file_id)
-        assert file is not None
+    if task.file is not None:
+        file = task.file
         context["file"] = {
-            "name": file.name,
-            "stem": file.name.rsplit(".", 1)[0],
-            "url": file.url,
-            "run": run.number,
-            "stream": file.stream,
-            "sequence": file.sequence,
-            "meta": dict(file.meta or {}),
+            "name": file["name"],
+            "stem": file["name"].rsplit(".", 1)[0],
+            "url": file["url"],
+            "run": task.run_number,
+            "stream": file["stream"],
+            "sequence": file["sequence"],
+            "meta": file["meta"],
         }
     return context

@@ -16,7 +16,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from runwatch.db import utcnow
+from runwatch.db import Transaction, connection_of, utcnow
 from runwatch.workflow.models import PipelineRevision
 from runwatch.workflow.pipeline_file import (
     LoadedPipeline,
@@ -115,12 +115,20 @@ class RevisionCache:
     def __init__(self) -> None:
         self._parsed: dict[int, Pipeline] = {}
 
-    def get(self, session: Session, revision_id: int) -> Pipeline:
+    def get(self, tx: Transaction, revision_id: int) -> Pipeline:
         pipeline = self._parsed.get(revision_id)
         if pipeline is None:
-            revision = session.get(PipelineRevision, revision_id)
+            revision = (
+                connection_of(tx)
+                .execute(
+                    sa.select(PipelineRevision.content, PipelineRevision.path).where(
+                        PipelineRevision.id == revision_id
+                    )
+                )
+                .first()
+            )
             if revision is None:
                 raise LookupError(f"no pipeline revision {revision_id}")
-            pipeline = parse_pipeline(revision.content, revision.path)
+            pipeline = parse_pipeline(revision[0], revision[1])
             self._parsed[revision_id] = pipeline
         return pipeline

@@ -16,6 +16,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -27,7 +28,7 @@ from runwatch.ingest.models import ReceivedMessage
 from runwatch.workflow import lease, planner
 from runwatch.workflow.models import Attempt, Task
 from runwatch.workflow.nudge import NUDGE_ENV, NudgeListener, socket_path
-from runwatch.workflow.render import render_job
+from runwatch.workflow.render import ReadyTask, ready_tasks, render_job, task_inputs
 from runwatch.workflow.revisions import (
     PipelineBook,
     PipelineFolder,
@@ -48,6 +49,18 @@ from runwatch.workflow.templates import TemplateError
 log = logging.getLogger(__name__)
 
 CANCEL_SWEEP = dt.timedelta(minutes=10)
+
+_ATTEMPTS = cast(sa.Table, Attempt.__table__)
+_TASKS = cast(sa.Table, Task.__table__)
+_NEW_ATTEMPT = sa.insert(_ATTEMPTS)
+_SET_EXTERNAL_ID = (
+    sa.update(_ATTEMPTS)
+    .where(_ATTEMPTS.c.id == sa.bindparam("attempt_id"))
+    .values(external_id=sa.bindparam("given_id"))
+)
+_THREADS_IN_USE = sa.select(sa.func.coalesce(sa.func.sum(_TASKS.c.threads), 0)).where(
+    _TASKS.c.state.in_(sorted(ACTIVE))
+)
 
 
 @dataclass
@@ -131,9 +144,9 @@ class Scheduler:
 
     def submit_ready(self) -> int:
         """Hand READY tasks to the executor, newest data first, within its thread slots."""
-        with self.db.session() as session:
-            chosen = self._choose(session)
-            prepared = [job for task in chosen if (job := self._prepare(session, task))]
+        with self.db.transaction() as tx:
+            chosen = self._choose(tx)
+            prepared = [job for task in chosen if (job := self._prepare(tx, task))]
         if not prepared:
             return 0
         try:
@@ -142,40 +155,25 @@ class Scheduler:
             log.exception("submission of %d jobs failed", len(prepared))
             self._fail_submission([a for a, _ in prepared], f"submission failed: {exc}")
             return 0
-        with self.db.session() as session:
-            for (attempt_id, _), external_id in zip(prepared, ids, strict=True):
-                session.execute(
-                    sa.update(Attempt)
-                    .where(Attempt.id == attempt_id)
-                    .values(external_id=external_id)
-                )
+        with self.db.transaction() as tx:
+            tx.execute(
+                _SET_EXTERNAL_ID,
+                [
+                    {"attempt_id": attempt_id, "given_id": external_id}
+                    for (attempt_id, _), external_id in zip(prepared, ids, strict=True)
+                ],
+            )
         return len(prepared)
 
-    def _choose(self, session: Session) -> list[Task]:
-        used = (
-            session.scalar(
-                sa.select(sa.func.coalesce(sa.func.sum(Task.threads), 0)).where(
-                    Task.state.in_(list(ACTIVE))
-                )
-            )
-            or 0
-        )
+    def _choose(self, tx: sa.Connection) -> list[ReadyTask]:
+        used = tx.execute(_THREADS_IN_USE).scalar() or 0
         free = self.executor.capacity() + self.executor.queue_ahead() - int(used)
         self._room = max(free, 0)
         if free <= 0:
             return []
-        order = (
-            Task.priority_at.desc()
-            if self.settings.scheduler.order == "newest"
-            else Task.priority_at.asc()
-        )
-        candidates = session.scalars(
-            sa.select(Task)
-            .where(Task.state == TaskState.READY)
-            .order_by(order, Task.id)
-            .limit(max(4 * free, 16))
-        ).all()
-        chosen: list[Task] = []
+        newest_first = self.settings.scheduler.order == "newest"
+        candidates = ready_tasks(tx, max(4 * free, 16), newest_first)
+        chosen: list[ReadyTask] = []
         for task in candidates:  # threads-aware: skip a task that does not fit the slots left
             if task.threads <= free or (not chosen and task.threads > self.executor.capacity()):
                 chosen.append(task)
@@ -185,57 +183,56 @@ class Scheduler:
         self._room = max(free, 0)
         return chosen
 
-    def _prepare(self, session: Session, task: Task) -> tuple[int, JobRequest] | None:
+    def _prepare(self, tx: sa.Connection, task: ReadyTask) -> tuple[int, JobRequest] | None:
         now = self.clock()
-        number = 1 + (
-            session.scalar(sa.select(sa.func.max(Attempt.number)).where(Attempt.task_id == task.id))
-            or 0
-        )
         try:
-            pipeline = self.revisions.get(session, task.revision_id)
-            job = render_job(session, task, pipeline, self.settings, number)
+            pipeline = self.revisions.get(tx, task.revision_id)
+            inputs = task_inputs(tx, task)
+            job = render_job(task, inputs, pipeline, self.settings)
         except (TemplateError, KeyError, LookupError) as exc:
             if transition(
-                session,
+                tx,
                 task.id,
                 TaskState.READY,
                 TaskState.FAILED,
                 now=now,
                 reason=f"cannot render the job: {exc}",
             ):
-                block_dependents(session, task.id, now)
+                block_dependents(tx, task.id, now)
             return None
-        attempt = Attempt(
-            task_id=task.id,
-            number=number,
-            state=AttemptState.SUBMITTED,
-            executor=self.executor.name,
-            submitted_at=now,
-            spec=dict(job.spec),
-            command=job.spec["command"],
-            workdir=job.workdir,
-            log_path=job.log_path,
+        ready, submitted = TaskState.READY, TaskState.SUBMITTED
+        if not transition(tx, task.id, ready, submitted, now=now, inputs=inputs):
+            return None
+        inserted = tx.execute(
+            _NEW_ATTEMPT,
+            {
+                "task_id": task.id,
+                "number": task.next_attempt,
+                "state": AttemptState.SUBMITTED,
+                "executor": self.executor.name,
+                "submitted_at": now,
+                "spec": dict(job.spec),
+                "command": job.spec["command"],
+                "workdir": job.workdir,
+                "log_path": job.log_path,
+            },
         )
-        session.add(attempt)
-        session.flush()
-        if not transition(session, task.id, TaskState.READY, TaskState.SUBMITTED, now=now):
-            session.delete(attempt)
-            return None
+        attempt_id = int(inserted.inserted_primary_key[0])  # type: ignore[index]
         request = JobRequest(
-            attempt_id=attempt.id,
+            attempt_id=attempt_id,
             task_key=task.key,
             threads=task.threads,
             memory_mb=task.memory_mb,
             timeout_s=task.timeout_s,
             workdir=job.workdir,
             log_path=job.log_path,
-            argv=("runwatch", "job", "run", str(attempt.id)),
+            argv=("runwatch", "job", "run", str(attempt_id)),
             env={
                 "RUNWATCH_DATABASE_URL": self.settings.database_url,
                 NUDGE_ENV: socket_path(self.settings.work_root),
             },
         )
-        return attempt.id, request
+        return attempt_id, request
 
     def _fail_submission(self, attempt_ids: Sequence[int], reason: str) -> None:
         outcome = AttemptOutcome(state=AttemptState.FAILED, reason=reason)

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from runwatch.catalogue.models import Run, RunStatus
-from runwatch.db import utcnow
+from runwatch.db import Transaction, connection_of, utcnow
 from runwatch.workflow.models import Attempt, Task, TaskDependency, TaskOutput
 from runwatch.workflow.states import (
     TRANSITIONS,
@@ -40,13 +40,6 @@ ATTEMPTS = cast(sa.Table, Attempt.__table__)
 DEPENDENCIES = cast(sa.Table, TaskDependency.__table__)
 OUTPUTS = cast(sa.Table, TaskOutput.__table__)
 ENDED = (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED, TaskState.BLOCKED)
-
-
-Transaction = Session | sa.Connection
-
-
-def _connection(tx: Transaction) -> sa.Connection:
-    return tx if isinstance(tx, sa.Connection) else tx.connection()
 
 
 @dataclass(frozen=True)
@@ -71,7 +64,7 @@ def _update_if(
 ) -> bool:
     statement = _guarded_update(table, tuple(sorted(values)))
     params = {"row_id": row_id, "old_state": old, **{f"set_{k}": v for k, v in values.items()}}
-    result = _connection(tx).execute(statement, params)
+    result = connection_of(tx).execute(statement, params)
     return result.rowcount == 1
 
 
@@ -103,7 +96,7 @@ def claim_attempt(tx: Transaction, attempt_id: int, host: str, now: dt.datetime)
     False if the scheduler already gave the attempt up (lost, cancelled): the wrapper must
     then do nothing, so that a task is never run by two attempts that both count.
     """
-    tx = _connection(tx)  # once: the session's connection() is costly
+    tx = connection_of(tx)
     task_id = tx.execute(_TASK_OF_ATTEMPT, {"attempt_id": attempt_id}).scalar()
     if task_id is None:
         return False
@@ -129,7 +122,7 @@ _HEARTBEAT = (
 
 def heartbeat(tx: Transaction, attempt_id: int, now: dt.datetime) -> bool:
     """Record that the attempt is alive; False if it no longer runs (given up or cancelled)."""
-    result = _connection(tx).execute(_HEARTBEAT, {"attempt_id": attempt_id, "now": now})
+    result = connection_of(tx).execute(_HEARTBEAT, {"attempt_id": attempt_id, "now": now})
     return result.rowcount == 1
 
 
@@ -187,7 +180,7 @@ def finish_attempt(
     False (and nothing changed) if the attempt was not in ``expect`` any more: somebody
     else already decided its fate.
     """
-    tx = _connection(tx)  # once: the session's connection() is costly
+    tx = connection_of(tx)
     row = tx.execute(_RETRIES_OF_ATTEMPT, {"attempt_id": attempt_id}).first()
     if row is None:
         return False
@@ -259,7 +252,7 @@ def _record_outputs(
     now: dt.datetime,
 ) -> None:
     # A re-run replaces the outputs of the task's earlier successful attempt.
-    connection = _connection(tx)
+    connection = connection_of(tx)
     connection.execute(_DELETE_OUTPUTS, {"task_id": task_id})
     if outputs:
         rows: list[dict[str, Any]] = [
@@ -284,7 +277,7 @@ _DEPENDENTS = sa.select(DEPENDENCIES.c.task_id).where(
 
 
 def dependents(tx: Transaction, task_id: int) -> list[int]:
-    return list(_connection(tx).execute(_DEPENDENTS, {"task_id": task_id}).scalars())
+    return list(connection_of(tx).execute(_DEPENDENTS, {"task_id": task_id}).scalars())
 
 
 _OTHER_NEEDS = DEPENDENCIES.alias("other_needs")
@@ -302,7 +295,7 @@ _RELEASABLE = sa.select(DEPENDENCIES.c.task_id).where(
 
 def _release_dependents(tx: Transaction, task_id: int, now: dt.datetime) -> None:
     """Make WAITING dependents READY when every task they need is DONE."""
-    releasable = _connection(tx).execute(_RELEASABLE, {"task_id": task_id}).scalars()
+    releasable = connection_of(tx).execute(_RELEASABLE, {"task_id": task_id}).scalars()
     for dep_id in list(releasable):
         transition(tx, dep_id, TaskState.WAITING, TaskState.READY, now=now)
 
