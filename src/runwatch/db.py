@@ -173,6 +173,14 @@ class Database:
             yield connection
 
     @contextmanager
+    def read_connection(self) -> Iterator[sa.Connection]:
+        """A Core connection for reading only (on SQLite it takes no write lock)."""
+        with self.engine.connect() as connection:
+            connection = connection.execution_options(**{READONLY_OPTION: True})
+            with connection.begin():
+                yield connection
+
+    @contextmanager
     def read_session(self) -> Iterator[Session]:
         """A session for reading only: on SQLite it takes no write lock."""
         with self.readers() as session:

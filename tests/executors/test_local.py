@@ -1,10 +1,9 @@
-"""The local executor with real wrappers, real processes and a real database."""
+"""The local executor and its workers, with real processes and a real database."""
 
 from __future__ import annotations
 
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import textwrap
@@ -18,12 +17,18 @@ import pytest
 from runwatch.config import SchedulerSettings, Settings
 from runwatch.db import Database
 from runwatch.executors.base import Executor, JobRequest, JobStatus
-from runwatch.executors.local import LocalExecutor, LocalJob
+from runwatch.executors.local import LocalExecutor, parse_external_id
+from runwatch.jobs.worker import (
+    attempt_lock,
+    attempt_lock_path,
+    sweep_attempt_locks,
+    worker_lock_path,
+)
 from runwatch.workflow.states import AttemptState, TaskState
 from tests.jobs.test_wrapper import attempt_row, make_attempt, wait_for_file
 from tests.waiting import wait_for
 
-ZYGOTE = "runwatch.executors.zygote"
+WORKER = "runwatch.jobs.worker"
 
 
 @pytest.fixture
@@ -33,6 +38,7 @@ def executor(settings: Settings) -> Iterator[LocalExecutor]:
         yield executor
     finally:
         executor.close()
+        wait_for(lambda: not worker_pids(executor), 15, "the workers to drain")
 
 
 def request(db: Database, attempt_id: int, root: Path) -> JobRequest:
@@ -53,43 +59,34 @@ def status(executor: Executor, external_id: str) -> JobStatus:
     return executor.poll([external_id])[external_id].status
 
 
-def cmdline(pid: int) -> str:
-    return " ".join(psutil.Process(pid).cmdline())
+def state(db: Database, attempt_id: int) -> AttemptState:
+    return attempt_row(db, attempt_id)[0].state
 
 
-def alive(proc: psutil.Process) -> bool:
-    """Running and not a zombie (an orphan's exit is reaped by init, maybe late)."""
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def zombies_of(*pids: int) -> list[int]:
-    found = []
-    for pid in pids:
+def worker_pids(executor: LocalExecutor) -> list[int]:
+    """Live workers of this executor's folder, from their lock files."""
+    pids = []
+    for index in range(executor.slots):
         try:
-            children = psutil.Process(pid).children()
-        except psutil.NoSuchProcess:
+            proc = psutil.Process(int(worker_lock_path(executor.home, index).read_text()))
+            if WORKER in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE:
+                pids.append(proc.pid)
+        except (OSError, ValueError, psutil.Error):
             continue
-        for child in children:
-            try:
-                if child.status() == psutil.STATUS_ZOMBIE:
-                    found.append(child.pid)
-            except psutil.NoSuchProcess:
-                continue
-    return found
+    return pids
 
 
 def test_capacity_is_the_slots_or_the_cpu_count(settings: Settings) -> None:
     assert settings.scheduler.slots == 2
     executor = LocalExecutor(settings)
     try:
-        assert executor.capacity() == 2 and executor.name == "local"
-        assert isinstance(executor, Executor)
+        assert executor.capacity() == 2 and executor.queue_ahead() == 2
+        assert executor.name == "local" and isinstance(executor, Executor)
     finally:
         executor.close()
-    unlimited = settings.model_copy(update={"scheduler": SchedulerSettings(slots=0)})
+    unlimited = settings.model_copy(
+        update={"scheduler": SchedulerSettings(slots=0), "work_root": settings.work_root + "2"}
+    )
     executor = LocalExecutor(unlimited)
     try:
         assert executor.capacity() == os.cpu_count()
@@ -97,171 +94,206 @@ def test_capacity_is_the_slots_or_the_cpu_count(settings: Settings) -> None:
         executor.close()
 
 
-def test_submit_poll_running_then_gone_and_the_job_is_done(
+def test_a_submitted_attempt_runs_in_a_worker_queued_running_then_gone(
     executor: LocalExecutor, db: Database, tmp_path: Path
 ) -> None:
-    attempt_id = make_attempt(db, tmp_path, "sleep 0.5; echo $PWD > out", outputs={"out": "out"})
+    pid_file = tmp_path / "step.pid"
+    attempt_id = make_attempt(
+        db, tmp_path, f"echo $$ > {pid_file}; sleep 0.5; echo $PWD > out", outputs={"out": "out"}
+    )
+    assert status(executor, f"local:{attempt_id}") is JobStatus.QUEUED, "not started yet"
     [external_id] = executor.submit([request(db, attempt_id, tmp_path)])
-    job = LocalJob.parse(external_id)
-    assert job is not None and external_id.startswith(f"local:{job.pid}:")
+    assert external_id == f"local:{attempt_id}" and parse_external_id(external_id) == attempt_id
+    step = psutil.Process(int(wait_for_file(pid_file)))
     assert status(executor, external_id) is JobStatus.RUNNING
-    assert ZYGOTE in cmdline(job.pid), "started by the zygote"
-    assert psutil.Process(job.pid).ppid() == executor.zygote.pid if executor.zygote else False
-    assert os.getpgid(job.pid) != os.getpgrp() and os.getsid(job.pid) != os.getsid(0)
-    wait_for(lambda: status(executor, external_id) is JobStatus.GONE, 10, "the job to end")
+    worker = step.parent()
+    assert worker is not None and WORKER in " ".join(worker.cmdline())
+    assert worker.pid in worker_pids(executor)
+    assert os.getsid(worker.pid) != os.getsid(0), "workers outlive a scheduler's session"
+    assert os.getpgid(step.pid) == step.pid, "the step has a process group of its own"
+    wait_for(lambda: state(db, attempt_id) is AttemptState.SUCCEEDED, 10, "the attempt to end")
     attempt, task, outputs = attempt_row(db, attempt_id)
-    assert (attempt.state, task.state) == (AttemptState.SUCCEEDED, TaskState.DONE)
-    assert [o.name for o in outputs] == ["out"]
-    log = Path(tmp_path / "work" / "logs" / f"attempt-{attempt_id}.log").read_text()
+    assert task.state is TaskState.DONE and [o.name for o in outputs] == ["out"]
+    assert status(executor, external_id) is JobStatus.GONE
+    assert attempt.log_path is not None
+    log = Path(attempt.log_path).read_text()
     assert f"attempt {attempt_id}: claimed" in log and "succeeded" in log
 
 
-def test_a_new_executor_polls_the_jobs_of_an_old_one(
+def test_workers_run_one_job_per_slot_and_take_queued_jobs_oldest_first(
+    executor: LocalExecutor, db: Database, tmp_path: Path
+) -> None:
+    spans = tmp_path / "spans"
+    command = f"echo start $RUNWATCH_ATTEMPT $(date +%s.%N) >> {spans}; sleep 0.3; "
+    command += f"echo end $RUNWATCH_ATTEMPT $(date +%s.%N) >> {spans}"
+    attempts = [make_attempt(db, tmp_path, command) for _ in range(5)]
+    executor.submit([request(db, a, tmp_path) for a in attempts])
+    for attempt_id in attempts:
+        wait_for(lambda a=attempt_id: state(db, a) is AttemptState.SUCCEEDED, 20, "all to end")
+    events = [line.split() for line in spans.read_text().splitlines()]
+    starts = [int(e[1]) for e in events if e[0] == "start"]
+    assert sorted(starts[:2]) == attempts[:2] and starts[2:] == sorted(starts[2:])
+    running = peak = 0
+    for kind, _, _ in sorted(events, key=lambda e: float(e[2])):
+        running += 1 if kind == "start" else -1
+        peak = max(peak, running)
+    assert peak == 2, "two slots: two jobs at once, never more"
+
+
+def test_a_new_executor_sees_the_jobs_and_workers_of_an_old_one(
     settings: Settings, db: Database, tmp_path: Path
 ) -> None:
-    attempt_id = make_attempt(db, tmp_path, "sleep 1")
+    pid_file = tmp_path / "step.pid"
+    attempt_id = make_attempt(db, tmp_path, f"echo $$ > {pid_file}; sleep 1")
     first = LocalExecutor(settings)
+    [external_id] = first.submit([request(db, attempt_id, tmp_path)])
+    wait_for_file(pid_file)
+    workers = sorted(worker_pids(first))
+    second = LocalExecutor(settings)  # as after a scheduler's restart
     try:
-        [external_id] = first.submit([request(db, attempt_id, tmp_path)])
-    finally:
-        first.close()
-    second = LocalExecutor(settings)
-    try:
-        me = psutil.Process()
-        stale = f"local:{me.pid}:{me.create_time() - 100:.3f}"  # our pid, another process
-        infos = second.poll([external_id, stale, "local:x:y", "slurm:123"])
+        assert sorted(worker_pids(second)) == workers, "no second set of workers"
+        infos = second.poll([external_id, "local:x", "slurm:123", "local:1:2.5"])
         assert infos[external_id].status is JobStatus.RUNNING
-        assert infos[stale].status is JobStatus.GONE
-        assert infos["local:x:y"].status is JobStatus.GONE
+        assert infos["slurm:123"].status is JobStatus.GONE
         assert infos["slurm:123"].reason == "not a local job id: slurm:123"
-        wait_for(lambda: status(second, external_id) is JobStatus.GONE, 10, "the job to end")
+        assert infos["local:x"].status is infos["local:1:2.5"].status is JobStatus.GONE
+        wait_for(lambda: state(db, attempt_id) is AttemptState.SUCCEEDED, 10, "the end")
     finally:
         second.close()
-    assert attempt_row(db, attempt_id)[0].state is AttemptState.SUCCEEDED
+        wait_for(lambda: not worker_pids(second), 15, "the workers to drain")
 
 
-def test_cancel_kills_the_wrapper_and_its_step(
+def test_cancel_kills_the_step_and_the_worker_carries_on(
     executor: LocalExecutor, db: Database, tmp_path: Path
 ) -> None:
     pid_file = tmp_path / "step.pid"
     attempt_id = make_attempt(db, tmp_path, f"echo $$ > {pid_file}; sleep 30")
     [external_id] = executor.submit([request(db, attempt_id, tmp_path)])
     step = psutil.Process(int(wait_for_file(pid_file)))
+    wait_for(lambda: attempt_lock_path(executor.home, attempt_id).read_text(), 5, "pid noted")
     started = time.monotonic()
     executor.cancel(external_id)
     assert time.monotonic() - started < 0.5, "cancel does not wait"
-    wait_for(lambda: status(executor, external_id) is JobStatus.GONE, 10, "the wrapper to end")
     wait_for(lambda: not step.is_running(), 5, "the step to end")
+    wait_for(lambda: status(executor, external_id) is JobStatus.GONE, 10, "the job to end")
     attempt, task, _ = attempt_row(db, attempt_id)
-    assert attempt.state is AttemptState.FAILED and attempt.reason == "killed (SIGTERM)"
+    assert attempt.state is AttemptState.FAILED
+    assert attempt.reason == "killed by signal SIGTERM"
     assert task.state is TaskState.RETRYING
     executor.cancel(external_id)  # already gone: no error
-    executor.cancel("local:1:0.000")  # init, but not the same process: left alone
     executor.cancel("not-an-id")
+    executor.cancel("local:999999")  # never started
+    after = make_attempt(db, tmp_path, "true")
+    executor.submit([request(db, after, tmp_path)])
+    wait_for(lambda: state(db, after) is AttemptState.SUCCEEDED, 10, "the next job")
 
 
-def test_cancel_escalates_to_sigkill_for_every_group(
-    executor: LocalExecutor, tmp_path: Path
-) -> None:
-    """A job that ignores SIGTERM, with a child in a group of its own."""
+def test_cancel_escalates_to_sigkill(executor: LocalExecutor, db: Database, tmp_path: Path) -> None:
+    """A step that ignores SIGTERM, with a child in its group."""
     pid_file = tmp_path / "child.pid"
-    script = (
-        f"trap '' TERM; setsid bash -c 'trap \"\" TERM; echo $$ > {pid_file}; sleep 30' & sleep 30"
-    )
-    job = JobRequest(
-        attempt_id=0,
-        task_key="stubborn",
-        threads=1,
-        memory_mb=0,
-        timeout_s=0,
-        workdir=str(tmp_path),
-        log_path=str(tmp_path / "stubborn.log"),
-        argv=("bash", "-c", script),
-    )
+    script = f"trap '' TERM; (trap '' TERM; echo $BASHPID > {pid_file}; sleep 30) & sleep 30"
+    attempt_id = make_attempt(db, tmp_path, script)
     executor.cancel_grace_s = 0.3
-    [external_id] = executor.submit([job])
+    [external_id] = executor.submit([request(db, attempt_id, tmp_path)])
     child = psutil.Process(int(wait_for_file(pid_file)))
-    time.sleep(0.1)
+    wait_for(lambda: attempt_lock_path(executor.home, attempt_id).read_text(), 5, "pid noted")
     executor.cancel(external_id)
     time.sleep(0.15)
     assert status(executor, external_id) is JobStatus.RUNNING, "SIGTERM is ignored"
-    wait_for(lambda: status(executor, external_id) is JobStatus.GONE, 5, "the SIGKILL")
-    wait_for(lambda: not child.is_running(), 5, "the child's group to be killed")
-    info = executor.poll([external_id])[external_id]
-    assert info.status is JobStatus.GONE
+    wait_for(lambda: not child.is_running(), 5, "the SIGKILL of the whole group")
+    wait_for(lambda: status(executor, external_id) is JobStatus.GONE, 5, "the job to end")
+    assert attempt_row(db, attempt_id)[0].reason == "killed by signal SIGKILL"
 
 
-def test_close_leaves_running_wrappers_alone(
-    settings: Settings, db: Database, tmp_path: Path
-) -> None:
-    attempt_id = make_attempt(db, tmp_path, "sleep 0.8; touch out", outputs={"out": "out"})
+def test_close_drains_the_workers(settings: Settings, db: Database, tmp_path: Path) -> None:
+    pid_file = tmp_path / "step.pid"
+    attempt_id = make_attempt(
+        db, tmp_path, f"echo $$ > {pid_file}; sleep 0.8; touch out", outputs={"out": "out"}
+    )
     executor = LocalExecutor(settings)
-    [external_id] = executor.submit([request(db, attempt_id, tmp_path)])
-    assert executor.zygote is not None
-    zygote = psutil.Process(executor.zygote.pid)
-    executor.close()
-    assert not zygote.is_running()
-    job = LocalJob.parse(external_id)
-    assert job is not None and job.running()
-    wait_for(lambda: not job.running(), 10, "the wrapper to finish")
-    assert attempt_row(db, attempt_id)[0].state is AttemptState.SUCCEEDED
+    try:
+        executor.submit([request(db, attempt_id, tmp_path)])
+        wait_for_file(pid_file)
+        wait_for(lambda: len(worker_pids(executor)) == 2, 15, "both workers")
+        workers = [psutil.Process(pid) for pid in worker_pids(executor)]
+    finally:
+        executor.close()
+    assert state(db, attempt_id) is AttemptState.RUNNING, "the running job carries on"
+    wait_for(lambda: not any(w.is_running() for w in workers), 15, "the workers to exit")
+    assert state(db, attempt_id) is AttemptState.SUCCEEDED
 
 
-def test_killed_zygote_falls_back_to_subprocesses_then_restarts(
+def test_a_killed_worker_loses_its_job_and_is_replaced(
     executor: LocalExecutor, db: Database, tmp_path: Path
 ) -> None:
-    assert executor.zygote is not None
-    first = make_attempt(db, tmp_path, "true")
-    [first_id] = executor.submit([request(db, first, tmp_path)])
-    old_zygote = executor.zygote.pid
-    os.kill(old_zygote, signal.SIGKILL)
-    wait_for(lambda: executor.zygote is not None and executor.zygote.proc.poll() is not None, 5, "")
-    second, third = make_attempt(db, tmp_path, "sleep 0.3"), make_attempt(db, tmp_path, "sleep 0.3")
-    ids = executor.submit([request(db, a, tmp_path) for a in (second, third)])
-    for external_id in ids:
-        job = LocalJob.parse(external_id)
-        assert job is not None
-        line = cmdline(job.pid)
-        assert "runwatch.jobs.wrapper" in line, (line, psutil.Process(job.pid).status())
-        assert ZYGOTE not in line
-    assert executor.zygote is None
-    fourth = make_attempt(db, tmp_path, "sleep 0.3")
-    [fourth_id] = executor.submit([request(db, fourth, tmp_path)])
-    assert executor.zygote is not None and executor.zygote.pid != old_zygote
-    job = LocalJob.parse(fourth_id)
-    assert job is not None and ZYGOTE in cmdline(job.pid)
-    for external_id in [first_id, *ids, fourth_id]:
-        wait_for(lambda e=external_id: status(executor, e) is JobStatus.GONE, 10, "jobs to end")
-    for attempt_id in (first, second, third, fourth):
-        assert attempt_row(db, attempt_id)[0].state is AttemptState.SUCCEEDED
-    assert executor.poll(ids)[ids[0]].exit_code in (0, None)
+    pid_file = tmp_path / "step.pid"
+    attempt_id = make_attempt(db, tmp_path, f"echo $$ > {pid_file}; sleep 30")
+    [external_id] = executor.submit([request(db, attempt_id, tmp_path)])
+    step = psutil.Process(int(wait_for_file(pid_file)))
+    worker = step.parent()
+    assert worker is not None
+    wait_for(lambda: len(worker_pids(executor)) == 2, 15, "both workers")
+    worker.kill()
+    worker.wait(5)
+    info = executor.poll([external_id])[external_id]
+    assert info.status is JobStatus.GONE and info.reason == "its worker died"
+    # Each tick's poll replaces dead workers.
+    wait_for(
+        lambda: executor.poll([external_id]) and len(worker_pids(executor)) == 2, 15, "a new worker"
+    )
+    assert worker.pid not in worker_pids(executor)
+    step.kill()  # the orphaned step; the scheduler would find the attempt LOST
+    after = make_attempt(db, tmp_path, "true")
+    executor.submit([request(db, after, tmp_path)])
+    wait_for(lambda: state(db, after) is AttemptState.SUCCEEDED, 10, "the next job")
 
 
-def test_no_zombies_are_left(
-    executor: LocalExecutor, settings: Settings, db: Database, tmp_path: Path
+def test_an_idle_worker_exits_and_comes_back_on_the_next_submission(
+    settings: Settings, db: Database, tmp_path: Path
 ) -> None:
-    attempts = [make_attempt(db, tmp_path, "true") for _ in range(4)]
-    ids = executor.submit([request(db, a, tmp_path) for a in attempts[:2]])
-    assert executor.zygote is not None
-    zygote = executor.zygote.pid
-    plain = LocalExecutor(settings, use_zygote=False)
+    executor = LocalExecutor(settings, idle_exit_s=0.5)
     try:
-        assert plain.zygote is None
-        ids += plain.submit([request(db, a, tmp_path) for a in attempts[2:]])
-        for external_id in ids:
-            wait_for(lambda e=external_id: status(plain, e) is JobStatus.GONE, 10, "the end")
+        wait_for(lambda: len(worker_pids(executor)) == 2, 15, "the workers to start")
+        wait_for(lambda: not worker_pids(executor), 15, "idle workers to exit")
+        assert not [c for c in psutil.Process().children() if c.status() == psutil.STATUS_ZOMBIE], (
+            "exited workers are reaped"
+        )
+        attempt_id = make_attempt(db, tmp_path, "true")
+        executor.submit([request(db, attempt_id, tmp_path)])
+        wait_for(lambda: state(db, attempt_id) is AttemptState.SUCCEEDED, 15, "the job to run")
     finally:
-        plain.close()
-    wait_for(lambda: not zombies_of(os.getpid(), zygote), 2, "no zombie children")
-    for external_id in ids:
-        job = LocalJob.parse(external_id)
-        assert job is not None
-        wait_for(lambda j=job: not psutil.pid_exists(j.pid), 2, f"pid {job.pid} reaped")
+        executor.close()
+
+
+def test_a_second_worker_with_the_same_index_exits_at_once(
+    executor: LocalExecutor, db: Database
+) -> None:
+    wait_for(lambda: len(worker_pids(executor)) == 2, 15, "the workers to start")
+    env = {**os.environ, "RUNWATCH_DATABASE_URL": db.url}
+    argv = [sys.executable, "-m", WORKER, f"--home={executor.home}", "--index=0", "--slots=2"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1 and "worker 0 already runs" in done.stderr
+
+
+def test_attempt_locks_are_taken_once_and_swept_when_old(tmp_path: Path) -> None:
+    with attempt_lock(tmp_path, 7) as first:
+        assert first is not None
+        with attempt_lock(tmp_path, 7) as second:
+            assert second is None, "held by another worker"
+        assert sweep_attempt_locks(tmp_path, 0) == 0, "a held lock is not swept"
+    with attempt_lock(tmp_path, 7) as again:
+        assert again is not None, "a lock left by an ended worker is taken over"
+    path = attempt_lock_path(tmp_path, 7)
+    assert sweep_attempt_locks(tmp_path, 3600) == 0 and path.exists(), "recent: kept"
+    old = time.time() - 7200
+    os.utime(path, (old, old))
+    assert sweep_attempt_locks(tmp_path, 3600) == 1 and not path.exists()
+    assert [p.name for p in tmp_path.iterdir()] == [], "no temporary files left"
 
 
 SCHEDULER_THAT_DIES = textwrap.dedent(
     """
-    import sys
+    import sys, time
     from runwatch.config import SchedulerSettings, Settings
     from runwatch.executors.base import JobRequest
     from runwatch.executors.local import LocalExecutor
@@ -275,20 +307,19 @@ SCHEDULER_THAT_DIES = textwrap.dedent(
     [external_id] = executor.submit([JobRequest(
         attempt_id=attempt_id, task_key="t", threads=1, memory_mb=0, timeout_s=0,
         workdir=root + "/w", log_path=root + "/work/job.log",
-        argv=("runwatch", "job", "run", str(attempt_id)),
-        env={"RUNWATCH_DATABASE_URL": db_url},
+        argv=("runwatch", "job", "run", str(attempt_id)), env={},
     )])
-    print(external_id, executor.zygote.pid, flush=True)
-    import time
+    print(external_id, flush=True)
     time.sleep(60)
     """
 )
 
 
-def test_a_killed_scheduler_kills_neither_jobs_nor_leaves_its_zygote(
-    db: Database, tmp_path: Path
-) -> None:
-    attempt_id = make_attempt(db, tmp_path, "sleep 2; touch out", outputs={"out": "out"})
+def test_a_killed_scheduler_kills_no_job(db: Database, tmp_path: Path) -> None:
+    pid_file = tmp_path / "step.pid"
+    attempt_id = make_attempt(
+        db, tmp_path, f"echo $$ > {pid_file}; sleep 1; touch out", outputs={"out": "out"}
+    )
     scheduler = subprocess.Popen(
         [sys.executable, "-c", SCHEDULER_THAT_DIES, str(tmp_path), db.url, str(attempt_id)],
         stdout=subprocess.PIPE,
@@ -296,68 +327,18 @@ def test_a_killed_scheduler_kills_neither_jobs_nor_leaves_its_zygote(
     )
     try:
         assert scheduler.stdout is not None
-        external_id, zygote_pid = scheduler.stdout.readline().split()
-        zygote = psutil.Process(int(zygote_pid))
-        assert ZYGOTE in " ".join(zygote.cmdline())
-        scheduler.kill()
+        assert scheduler.stdout.readline().strip() == f"local:{attempt_id}"
+        step = psutil.Process(int(wait_for_file(pid_file)))
+        scheduler.send_signal(signal.SIGKILL)
         scheduler.wait()
+        assert step.is_running(), "the job outlives its scheduler"
+        wait_for(lambda: state(db, attempt_id) is AttemptState.SUCCEEDED, 15, "the job to end")
     finally:
         scheduler.kill()
         scheduler.wait()
         if scheduler.stdout is not None:
             scheduler.stdout.close()
-    wait_for(lambda: not alive(zygote), 1, "the zygote to exit with its scheduler")
-    job = LocalJob.parse(external_id)
-    assert job is not None and job.running(), "the job outlives its scheduler"
-    wait_for(lambda: not job.running(), 10, "the job to finish")
-    assert attempt_row(db, attempt_id)[0].state is AttemptState.SUCCEEDED
-
-
-def started(log: Path, attempt_id: int) -> bool:
-    return log.exists() and f"attempt {attempt_id} was given up" in log.read_text()
-
-
-@pytest.mark.slow
-def test_the_zygote_starts_wrappers_much_faster_than_subprocesses(
-    executor: LocalExecutor, settings: Settings, db: Database, tmp_path: Path
-) -> None:
-    """Time from submission until the wrapper runs (it finds no attempt and says so)."""
-
-    def start_times(executor: LocalExecutor, first: int, count: int) -> list[float]:
-        times = []
-        for attempt_id in range(first, first + count):
-            job = request(db, attempt_id, tmp_path)
-            begin = time.perf_counter()
-            executor.submit([job])
-            wait_for(lambda a=attempt_id, j=job: started(Path(j.log_path), a), 10, "start")
-            times.append(time.perf_counter() - begin)
-        return times
-
-    start_times(executor, 800_000, 1)  # the zygote is ready
-    zygote = statistics.median(start_times(executor, 900_000, 10))
-    subprocesses = LocalExecutor(settings, use_zygote=False)
-    try:
-        plain = statistics.median(start_times(subprocesses, 910_000, 10))
-    finally:
-        subprocesses.close()
-    assert zygote * 5 < plain, (zygote, plain)
-
-
-def test_a_job_the_zygote_cannot_start_raises_and_keeps_the_zygote(
-    executor: LocalExecutor, db: Database, tmp_path: Path
-) -> None:
-    blocker = tmp_path / "not-a-dir"
-    blocker.write_text("")
-    bad = make_attempt(db, tmp_path, "true")
-    job = request(db, bad, tmp_path)
-    job = JobRequest(**{**job.__dict__, "log_path": str(blocker / "attempt.log")})
-    executor.submit([request(db, make_attempt(db, tmp_path, "true"), tmp_path)])
-    assert executor.zygote is not None
-    zygote = executor.zygote.pid
-    with pytest.raises(FileExistsError):
-        executor.submit([job])
-    assert executor.zygote is not None and executor.zygote.pid == zygote
-    good = make_attempt(db, tmp_path, "true")
-    [external_id] = executor.submit([request(db, good, tmp_path)])
-    wait_for(lambda: status(executor, external_id) is JobStatus.GONE, 10, "the job to end")
-    assert attempt_row(db, good)[0].state is AttemptState.SUCCEEDED
+        for path in (tmp_path / "work" / "local").glob("worker-*.lock"):
+            pid = path.read_text()
+            if pid.isdigit():
+                os.kill(int(pid), signal.SIGTERM)

@@ -1,8 +1,9 @@
-"""Crash test: kill -9 schedulers and job wrappers at random moments while 50 files of two
+"""Crash test: kill -9 schedulers and local workers at random moments while 50 files of two
 runs are processed; every task must end exactly once, every output exist once and whole.
 
 Two scheduler processes run all along (one active, one waiting on the lease); each round
-kills the active one, and sometimes running job wrappers, and starts a fresh standby.
+kills the active one, and sometimes workers in the middle of a job, and starts a fresh
+standby. The next scheduler's executor replaces the killed workers.
 """
 
 from __future__ import annotations
@@ -81,23 +82,35 @@ def active_pid(db: Database) -> int | None:
         return int(lease.holder.split(":")[1])
 
 
-def running_wrappers(db: Database) -> list[int]:
-    """Wrappers of open attempts: running a command, or queued for a slot (SUBMITTED)."""
-    with db.session() as s:
-        ids = s.scalars(
-            sa.select(Attempt.external_id).where(
-                Attempt.state.in_([AttemptState.SUBMITTED, AttemptState.RUNNING]),
-                Attempt.external_id.is_not(None),
-            )
-        ).all()
-    return [int(e.split(":")[1]) for e in ids if e and e.startswith("local:")]
+def busy_workers(root: Path) -> list[int]:
+    """Workers in the middle of a job: the parents of the commands named in the attempt
+    lock files that are held (see runwatch.jobs.worker)."""
+    pids = []
+    for path in (root / "work" / "local").glob("attempt-*.lock"):
+        with contextlib.suppress(OSError, ValueError, psutil.Error):
+            command = int(path.read_text().split(":")[0])
+            worker = psutil.Process(command).parent()
+            if worker is not None and "runwatch.jobs.worker" in " ".join(worker.cmdline()):
+                pids.append(worker.pid)
+    return pids
 
 
-def wrappers_soon(db: Database, within_s: float) -> list[int]:
-    """The running wrappers, waiting a moment for some: after a scheduler kill none may run
-    until the standby has taken over, and the test must kill wrappers, not just try."""
+def workers(root: Path) -> list[int]:
+    """Every live worker of this test (pids from their lock files)."""
+    pids = []
+    for path in (root / "work" / "local").glob("worker-*.lock"):
+        with contextlib.suppress(OSError, ValueError, psutil.Error):
+            proc = psutil.Process(int(path.read_text()))
+            if "runwatch.jobs.worker" in " ".join(proc.cmdline()):
+                pids.append(proc.pid)
+    return pids
+
+
+def busy_workers_soon(root: Path, within_s: float) -> list[int]:
+    """Busy workers, waiting a moment for some: after a scheduler kill no new job may
+    start until the standby has taken over, and the test must kill workers, not just try."""
     deadline = time.monotonic() + within_s
-    while not (pids := running_wrappers(db)) and time.monotonic() < deadline:
+    while not (pids := busy_workers(root)) and time.monotonic() < deadline:
         time.sleep(0.02)
     return pids
 
@@ -135,9 +148,9 @@ def test_kill_minus_nine_at_random_moments_loses_and_duplicates_nothing(tmp_path
         for _ in range(8):
             time.sleep(rng.uniform(0.5, 2.0))
             if rng.random() < 0.6:
-                for pid in wrappers_soon(db, 5.0):
+                for pid in busy_workers_soon(root, 5.0):
                     kill(pid)
-                    kills["wrapper"] += 1
+                    kills["worker"] += 1
             pid = active_pid(db)
             if pid is not None:
                 kill(pid)
@@ -157,11 +170,11 @@ def test_kill_minus_nine_at_random_moments_loses_and_duplicates_nothing(tmp_path
         for proc in schedulers:
             proc.kill()
             proc.wait()
-        for pid in running_wrappers(db):
+        for pid in workers(root):
             kill(pid)
     assert kills["scheduler"] >= 5, kills
-    assert kills["wrapper"] >= 1, kills
-    with db.session() as s:  # a killed wrapper cannot report: the scheduler found it lost
+    assert kills["worker"] >= 1, kills
+    with db.session() as s:  # a killed worker cannot report: the scheduler found it lost
         lost = s.scalar(sa.select(sa.func.count()).where(Attempt.state == AttemptState.LOST))
     assert lost, "no killed job was noticed"
     check_exactly_once(db, root)
@@ -192,19 +205,3 @@ def check_exactly_once(db: Database, root: Path) -> None:
         assert sizes == [
             len(f"run {run} file {q} payload\n") * (q + 1) for q in range(1, files + 1)
         ]
-    wait_for(lambda: not orphan_zygotes(root), 10, "zygotes to exit with their schedulers")
-
-
-def orphan_zygotes(root: Path) -> list[psutil.Process]:
-    config = str(root / "runwatch.toml")
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if (
-                "runwatch.executors.zygote" in " ".join(proc.info["cmdline"] or [])
-                and proc.environ().get("RUNWATCH_CONFIG") == config
-            ):
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found

@@ -1,11 +1,12 @@
 """The job wrapper: runs one attempt on a worker node and records how it ended.
 
-Started by an executor as ``runwatch job run ATTEMPT`` (or forked by the local executor's
-zygote, which calls ``main`` in-process). The wrapper claims the attempt, stages the inputs
-in, runs the step's command, checks and stores the outputs, and records the outcome and the
-outputs in one transaction. A heartbeat thread keeps the attempt alive in the database and
-notices when the scheduler gave it up (cancelled, or declared lost): the wrapper then kills
-the command and records nothing, because somebody else already decided the attempt's fate.
+Started by a batch system's executor as ``runwatch job run ATTEMPT``; the local executor's
+long-lived workers (``runwatch.jobs.worker``) call ``claim`` and ``run_claimed`` instead.
+The wrapper claims the attempt, stages the inputs in, runs the step's command, checks and
+stores the outputs, and records the outcome and the outputs in one transaction. A
+heartbeat thread keeps the attempt alive in the database and notices when the scheduler
+gave it up (cancelled, or declared lost): the wrapper then kills the command and records
+nothing, because somebody else already decided the attempt's fate.
 
 Exit codes: 0 the attempt succeeded, or there was nothing to do; 1 the attempt failed and
 that was recorded; 2 bad usage; 3 the outcome could not be recorded.
@@ -26,7 +27,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
@@ -37,7 +38,6 @@ import sqlalchemy as sa
 from runwatch.db import Database, utcnow
 from runwatch.jobs.slots import SLOTS_ENV, slots_from_env, slots_held
 from runwatch.jobs.spec import JobSpec, job_spec
-from runwatch.jobs.warm import database_for
 from runwatch.storage.stage import StageError, stage_in, stage_out
 from runwatch.workflow.nudge import NUDGE_ENV, nudge
 from runwatch.workflow.service import (
@@ -99,7 +99,7 @@ _JOB_OF_ATTEMPT = sa.select(ATTEMPTS.c.spec, ATTEMPTS.c.workdir, ATTEMPTS.c.log_
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``runwatch job run ATTEMPT [--db URL]`` as a plain function (CLI, zygote, tests)."""
+    """``runwatch job run ATTEMPT [--db URL]`` as a plain function (CLI, tests)."""
     parser = argparse.ArgumentParser(
         prog="runwatch job run",
         description="Run one attempt (started by executors, not by hand).",
@@ -120,7 +120,7 @@ def run_from_url(attempt_id: int, url: str | None = None) -> int:
     if not url:
         log.error("no database: give --db or set RUNWATCH_DATABASE_URL")
         return EXIT_USAGE
-    db = database_for(url)  # warmed by the zygote that forked us, if it could
+    db = Database(url)
     try:
         return run_attempt(db, attempt_id, socket.gethostname())
     finally:
@@ -155,20 +155,39 @@ def run_attempt(db: Database, attempt_id: int, host: str) -> int:
 def _run_attempt(db: Database, attempt_id: int, host: str) -> int:
     """Claim, run and record one attempt (holding its slots, if any)."""
     try:
-        with db.transaction() as tx:
-            job_row: JobRow | None = None
-            if claim_attempt(tx, attempt_id, host, utcnow()):
-                row = tx.execute(_JOB_OF_ATTEMPT, {"attempt_id": attempt_id}).one()
-                job_row = (row[0], row[1], row[2])
+        job_row = claim(db, attempt_id, host)
     except sa.exc.SQLAlchemyError:
         log.exception("attempt %d: cannot claim it", attempt_id)
         return EXIT_UNRECORDED
     if job_row is None:
         log.info("attempt %d was given up; not running", attempt_id)
         return EXIT_OK
-    log.info("attempt %d: claimed on %s (pid %d)", attempt_id, host, os.getpid())
-    job = AttemptRun(db, attempt_id)
-    with job.signals_handled():
+    return run_claimed(db, attempt_id, job_row)
+
+
+def claim(db: Database, attempt_id: int, host: str) -> JobRow | None:
+    """Take the attempt (SUBMITTED → RUNNING) and read its job, in one transaction; None
+    if it is not ours to run (given up, cancelled, or taken by another worker)."""
+    with db.transaction() as tx:
+        if not claim_attempt(tx, attempt_id, host, utcnow()):
+            return None
+        row = tx.execute(_JOB_OF_ATTEMPT, {"attempt_id": attempt_id}).one()
+        return (row[0], row[1], row[2])
+
+
+def run_claimed(
+    db: Database,
+    attempt_id: int,
+    job_row: JobRow,
+    on_start: Callable[[int], None] | None = None,
+    handle_signals: bool = True,
+) -> int:
+    """Run a claimed attempt and record it; ``on_start`` gets the command's pid. With
+    ``handle_signals``, SIGTERM/SIGINT kill the command and the attempt is recorded as
+    killed (the wrapper); a long-lived worker handles its signals itself."""
+    log.info("attempt %d: claimed on %s (pid %d)", attempt_id, socket.gethostname(), os.getpid())
+    job = AttemptRun(db, attempt_id, on_start)
+    with job.signals_handled() if handle_signals else contextlib.nullcontext():
         outcome, policy = job.run(job_row)
         job.finishing = True  # a signal now must not interrupt the recording
         if outcome is None:
@@ -229,9 +248,12 @@ def _finish(db: Database, attempt_id: int, outcome: AttemptOutcome, policy: Retr
 class AttemptRun:
     """The running attempt: its command, heartbeat, timeout and signals."""
 
-    def __init__(self, db: Database, attempt_id: int) -> None:
+    def __init__(
+        self, db: Database, attempt_id: int, on_start: Callable[[int], None] | None = None
+    ) -> None:
         self.db = db
         self.attempt_id = attempt_id
+        self.on_start = on_start
         self.proc: subprocess.Popen[bytes] | None = None
         self.starting = False
         self.signalled: int | None = None  # SIGTERM/SIGINT received by the wrapper
@@ -326,6 +348,8 @@ class AttemptRun:
                 start_new_session=True,  # its own process group, killed as a whole
             )
         self.starting = False
+        if self.on_start is not None:
+            self.on_start(self.proc.pid)
         if self.signalled is not None or self.given_up:
             self.terminate_command()
         timeout_s = float(spec["timeout_s"])

@@ -1,0 +1,303 @@
+"""Local workers: long-lived processes that take submitted attempts and run them.
+
+The local executor keeps one worker per slot (``runwatch.executors.local``). A worker
+holds a warm database engine and one connection, so running an attempt costs a claim,
+the command and the record, not a Python process start (~0.5 s) or a fork (~10 ms of CPU
+for a process of this size): the engine's overhead per task is what made the difference
+between ~25 ms and a few ms per no-op task.
+
+Work is pulled from the database: the oldest SUBMITTED attempt of the local executor. A
+worker wakes when the scheduler submits (a datagram on its socket, see
+``runwatch.workflow.nudge``), and polls every ``POLL_S`` in case a nudge was lost.
+
+What the executor can tell from files alone, whatever process asks (a new scheduler after
+a kill -9 included), all in ``<work_root>/local/``:
+
+- ``worker-N.lock`` is ``flock``-ed by worker N while it lives: a dead worker is seen at
+  once and replaced, and two workers never share an index;
+- ``attempt-ID.lock`` is ``flock``-ed by the worker that runs attempt ID, from before the
+  claim until after the record; it holds the command's ``pid:create_time`` once the
+  command runs (for a cancel). Held: the job runs. There but not held: the job ended
+  (recorded by its worker, or not if the worker died). Absent: not started yet. Workers
+  remove files older than ``KEEP_LOCKS_S`` while idle;
+- ``slot-I`` are the thread slots (``runwatch.jobs.slots``): a task of T threads takes T.
+
+SIGTERM or SIGINT drain a worker: it finishes the attempt it runs, then exits. Killing the
+attempt is the executor's ``cancel``; killing the worker (SIGKILL) ends its attempt, which
+the scheduler then finds LOST and retries. A worker exits by itself after ``idle_exit_s``
+without work; the executor starts it again at the next submission.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import cast
+
+import psutil
+import sqlalchemy as sa
+
+from runwatch.db import Database
+from runwatch.jobs.slots import slots_held
+from runwatch.jobs.wrapper import claim, run_claimed
+from runwatch.workflow.models import Attempt, Task
+from runwatch.workflow.nudge import NudgeListener
+from runwatch.workflow.states import AttemptState
+
+log = logging.getLogger("runwatch.worker")
+
+EXECUTOR = "local"
+POLL_S = 0.5
+IDLE_EXIT_S = 600.0
+DB_RETRY_S = 2.0
+KEEP_LOCKS_S = 3600.0  # long after the scheduler has seen the end of the attempt
+SWEEP_EVERY_S = 60.0
+
+_ATTEMPTS = cast(sa.Table, Attempt.__table__)
+_TASKS = cast(sa.Table, Task.__table__)
+_NEXT = (
+    sa.select(_ATTEMPTS.c.id, _TASKS.c.threads)
+    .join(_TASKS, _TASKS.c.id == _ATTEMPTS.c.task_id)
+    .where(_ATTEMPTS.c.state == AttemptState.SUBMITTED, _ATTEMPTS.c.executor == EXECUTOR)
+    .order_by(_ATTEMPTS.c.id)
+    .limit(sa.bindparam("limit"))
+)
+
+
+# -- the files the executor reads ---------------------------------------------------------
+
+
+def worker_lock_path(home: Path, index: int) -> Path:
+    return home / f"worker-{index}.lock"
+
+
+def worker_socket_path(home: Path, index: int) -> Path:
+    return home / f"worker-{index}.sock"
+
+
+def attempt_lock_path(home: Path, attempt_id: int) -> Path:
+    return home / f"attempt-{attempt_id}.lock"
+
+
+def try_lock(path: Path) -> int | None:
+    """Open ``path`` (made if missing) and take its lock; the descriptor, or None if
+    another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+@contextlib.contextmanager
+def attempt_lock(home: Path, attempt_id: int) -> Iterator[int | None]:
+    """Hold ``attempt-ID.lock`` and yield its descriptor, or yield None if another worker
+    holds it. It is locked under a temporary name and linked
+    into place (which fails if it exists), so it is never seen unlocked while its worker
+    lives; a file left by a dead worker is taken over."""
+    path = attempt_lock_path(home, attempt_id)
+    temporary = home / f".attempt-{attempt_id}.{os.getpid()}"
+    fd: int | None = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    assert fd is not None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.link(temporary, path)
+    except FileExistsError:
+        os.close(fd)
+        fd = try_lock(path)
+    finally:
+        os.unlink(temporary)
+    if fd is None:
+        yield None
+        return
+    try:
+        yield fd
+    finally:
+        os.close(fd)  # the file stays, unlocked: "gone" (see sweep_attempt_locks)
+
+
+def sweep_attempt_locks(home: Path, older_than_s: float) -> int:
+    """Remove the lock files of attempts that ended more than ``older_than_s`` ago (not
+    held, not touched since); the number removed."""
+    removed = 0
+    limit = time.time() - older_than_s
+    for path in home.glob("attempt-*.lock"):
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime < limit and (fd := try_lock(path)) is not None:
+                path.unlink()
+                os.close(fd)
+                removed += 1
+    return removed
+
+
+def note_command(fd: int, pid: int) -> None:
+    """Write the command's ``pid:create_time`` into the attempt's lock file (for cancel)."""
+    try:
+        created = psutil.Process(pid).create_time()
+    except psutil.Error:
+        return  # it already ended: nothing to cancel
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{pid}:{created:.3f}".encode(), 0)
+
+
+# -- the worker ---------------------------------------------------------------------------
+
+
+class Worker:
+    def __init__(
+        self,
+        db: Database,
+        home: Path,
+        index: int,
+        slots: int,
+        idle_exit_s: float = IDLE_EXIT_S,
+    ) -> None:
+        self.db = db
+        self.home = home
+        self.index = index
+        self.slots = slots
+        self.idle_exit_s = idle_exit_s
+        self.host = socket.gethostname()
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+
+    def serve(self) -> int:
+        """Run attempts until drained or idle too long; 0, or 1 if worker N already runs."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        identity = try_lock(worker_lock_path(self.home, self.index))
+        if identity is None:
+            log.info("worker %d already runs; exiting", self.index)
+            return 1
+        os.ftruncate(identity, 0)
+        os.pwrite(identity, str(os.getpid()).encode(), 0)
+        nudges = NudgeListener(str(worker_socket_path(self.home, self.index)), self.wake.set)
+        nudges.start()
+        log.info("worker %d (pid %d) is ready", self.index, os.getpid())
+        idle_since = swept = time.monotonic()
+        try:
+            while not self.stop.is_set():
+                if self.run_next():
+                    idle_since = time.monotonic()
+                    continue
+                if time.monotonic() - swept > SWEEP_EVERY_S:
+                    swept = time.monotonic()
+                    sweep_attempt_locks(self.home, KEEP_LOCKS_S)
+                if time.monotonic() - idle_since > self.idle_exit_s:
+                    log.info("worker %d: idle for %.0f s; exiting", self.index, self.idle_exit_s)
+                    break
+                self.wake.wait(POLL_S)
+                self.wake.clear()
+        finally:
+            nudges.stop()
+            os.close(identity)
+        return 0
+
+    def run_next(self) -> bool:
+        """Run the oldest submitted attempt this worker can claim; False if there is none."""
+        try:
+            with self.db.read_connection() as connection:
+                candidates = connection.execute(_NEXT, {"limit": 2 * self.slots}).all()
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("worker %d: cannot read the queue (%s)", self.index, exc)
+            self.stop.wait(DB_RETRY_S)
+            return False
+        for attempt_id, threads in candidates:
+            if self.stop.is_set():
+                return False
+            if self.try_attempt(attempt_id, threads):
+                return True
+        return False
+
+    def try_attempt(self, attempt_id: int, threads: int) -> bool:
+        """Take the slots, lock and claim the attempt, run it; False if it was not ours."""
+        with (
+            slots_held(self.slots, self.home, threads),
+            attempt_lock(self.home, attempt_id) as fd,
+        ):
+            if fd is None:
+                return False  # another worker is at it
+            try:
+                job_row = claim(self.db, attempt_id, self.host)
+            except sa.exc.SQLAlchemyError as exc:
+                log.warning("worker %d: cannot claim attempt %d (%s)", self.index, attempt_id, exc)
+                return False
+            if job_row is None:
+                return False  # another worker took it, or it was given up
+            lock = fd
+            with attempt_log(job_row[2]):
+                run_claimed(
+                    self.db,
+                    attempt_id,
+                    job_row,
+                    on_start=lambda pid: note_command(lock, pid),
+                    handle_signals=False,
+                )
+        return True
+
+    def drain(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("worker %d: %s; exiting after the running attempt", self.index, signum)
+        self.stop.set()
+        self.wake.set()
+
+
+@contextlib.contextmanager
+def attempt_log(log_path: str | None) -> Iterator[None]:
+    """The wrapper's log lines go into the attempt's log, among its command's output."""
+    if not log_path:
+        yield
+        return
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_path)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+LOG_FORMAT = "%(asctime)s runwatch-job[%(process)d] %(levelname)s %(message)s"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m runwatch.jobs.worker",
+        description="A local worker (started by the local executor, not by hand).",
+    )
+    parser.add_argument("--home", required=True, type=Path, help="The executor's folder.")
+    parser.add_argument("--index", required=True, type=int, help="This worker's number.")
+    parser.add_argument("--slots", required=True, type=int, help="Thread slots here.")
+    parser.add_argument("--idle-exit", type=float, default=IDLE_EXIT_S, help="Seconds.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=LOG_FORMAT, force=True)
+    url = os.environ.get("RUNWATCH_DATABASE_URL")
+    if not url:
+        log.error("no database: set RUNWATCH_DATABASE_URL")
+        return 2
+    db = Database(url)
+    worker = Worker(db, args.home, args.index, args.slots, args.idle_exit)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, worker.drain)
+    try:
+        return worker.serve()
+    finally:
+        db.dispose()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
