@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import sqlalchemy as sa
 
 from runwatch.catalogue.models import File, Run, RunStatus
@@ -219,9 +220,33 @@ def wait_runs(db: Database, runs: list[int], timeout: float) -> None:
     raise RuntimeError(f"runs {runs} not All Completed after {timeout} s")
 
 
-def throughput(db: Database, client: httpx.Client, base_run: int) -> dict[str, float]:
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU time (user + system) of each process so far, its reaped children included."""
+    seconds = {}
+    for name, pid in pids.items():
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        seconds[name] = t.user + t.system + t.children_user + t.children_system
+    return seconds
+
+
+def daemon_pids(procs: list[subprocess.Popen[bytes]], root: Path) -> dict[str, int]:
+    """The scheduler, the web server and the local workers (from their lock files)."""
+    pids = {"scheduler": procs[0].pid, "server": procs[1].pid}
+    for lock in sorted((root / "work" / "local").glob("worker-*.lock")):
+        if lock.read_text().isdigit():
+            pids[lock.stem] = int(lock.read_text())
+    return pids
+
+
+def throughput(
+    db: Database, client: httpx.Client, base_run: int, pids: dict[str, int]
+) -> dict[str, Any]:
     runs = [base_run + i for i in range(4)]
     body = [message(run, seq, 25) for seq in range(1, 26) for run in runs]
+    cpu_before = cpu_seconds(pids)
     start = utcnow()
     client.post("/api/v1/messages", json=body, headers=TOKEN).raise_for_status()
     wait_runs(db, runs, 300)
@@ -236,10 +261,16 @@ def throughput(db: Database, client: httpx.Client, base_run: int) -> dict[str, f
             .where(Run.number.in_(runs))
         ).one()
     overhead = (wall - float(cmd) / 2) / n_tasks
+    cpu_after = cpu_seconds(pids)
+    cpu_ms = {
+        name: round(1000 * (cpu_after[name] - cpu_before.get(name, 0.0)) / n_tasks, 2)
+        for name in cpu_after
+    }
     return {
         "tasks": n_tasks,
         "wall_s": round(wall, 3),
         "overhead_ms_per_task": round(1000 * overhead, 2),
+        "cpu_ms_per_task": cpu_ms,
     }
 
 
@@ -276,7 +307,9 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def measure(url: str, root: Path, preload_tasks: int) -> dict[str, Any]:
+def measure(
+    url: str, root: Path, preload_tasks: int, throughput_only: bool = False
+) -> dict[str, Any]:
     db = reset(url)
     if preload_tasks:
         preload(db, preload_tasks)
@@ -297,9 +330,10 @@ def measure(url: str, root: Path, preload_tasks: int) -> dict[str, Any]:
     ]
     try:
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-        _wait_up(client, db)
-        figures: dict[str, Any] = throughput(db, client, 900_001)
-        figures.update(latency(db, client, 900_101))
+        _wait_up(client, db, root)
+        figures: dict[str, Any] = throughput(db, client, 900_001, daemon_pids(procs, root))
+        if not throughput_only:
+            figures.update(latency(db, client, 900_101))
         figures["peak_rss_mb"] = peak_rss_mb(procs[0].pid)
         return figures
     finally:
@@ -309,24 +343,33 @@ def measure(url: str, root: Path, preload_tasks: int) -> dict[str, Any]:
         db.dispose()
 
 
-def _wait_up(client: httpx.Client, db: Database) -> None:
+def _wait_up(client: httpx.Client, db: Database, root: Path) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
             if client.get("/healthz").status_code == 200:
                 with db.session() as s:
-                    if s.execute(sa.text("SELECT holder FROM scheduler_lease")).first():
-                        return
+                    lease = s.execute(sa.text("SELECT holder FROM scheduler_lease")).first()
+                workers = [
+                    lock
+                    for lock in (root / "work" / "local").glob("worker-*.lock")
+                    if lock.read_text().isdigit()
+                ]
+                if lease and len(workers) == 2:  # their CPU time is measured too
+                    return
         except httpx.TransportError:
             pass
         time.sleep(0.1)
-    raise RuntimeError("scheduler or server did not come up")
+    raise RuntimeError("scheduler, workers or server did not come up")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", choices=["sqlite", "postgres", "mariadb"], default="sqlite")
     parser.add_argument("--url", help="database URL for postgres/mariadb")
+    parser.add_argument(
+        "--throughput-only", action="store_true", help="skip the latency phase (profiling)"
+    )
     parser.add_argument(
         "--preload",
         type=int,
@@ -337,10 +380,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rw-bench-") as tmp:
         root = Path(tmp)
         url = args.url or f"sqlite:///{root}/runwatch.db"
-        empty = measure(url, root / "empty", 0)
+        empty = measure(url, root / "empty", 0, args.throughput_only)
         print(f"empty database: {json.dumps(empty)}", flush=True)
         url2 = args.url or f"sqlite:///{root}/runwatch-preloaded.db"
-        loaded = measure(url2, root / "preloaded", args.preload)
+        loaded = measure(url2, root / "preloaded", args.preload, args.throughput_only)
         print(f"with {args.preload} tasks already: {json.dumps(loaded)}", flush=True)
     result = {"db": args.db, **empty, "with_preloaded_tasks": args.preload, "preloaded": loaded}
     print("RESULT " + json.dumps(result))

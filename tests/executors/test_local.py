@@ -80,7 +80,7 @@ def test_capacity_is_the_slots_or_the_cpu_count(settings: Settings) -> None:
     assert settings.scheduler.slots == 2
     executor = LocalExecutor(settings)
     try:
-        assert executor.capacity() == 2 and executor.queue_ahead() == 2
+        assert executor.capacity() == 2 and executor.queue_ahead() == 4
         assert executor.name == "local" and isinstance(executor, Executor)
     finally:
         executor.close()

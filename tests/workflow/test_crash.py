@@ -9,6 +9,7 @@ standby. The next scheduler's executor replaces the killed workers.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import random
 import signal
@@ -83,15 +84,19 @@ def active_pid(db: Database) -> int | None:
 
 
 def busy_workers(root: Path) -> list[int]:
-    """Workers in the middle of a job: the parents of the commands named in the attempt
-    lock files that are held (see runwatch.jobs.worker)."""
+    """Workers in the middle of a job: those named in the attempt lock files that are
+    held (see runwatch.jobs.worker: a held file holds 'COMMAND_PID WORKER_PID')."""
     pids = []
     for path in (root / "work" / "local").glob("attempt-*.lock"):
-        with contextlib.suppress(OSError, ValueError, psutil.Error):
-            command = int(path.read_text().split(":")[0])
-            worker = psutil.Process(command).parent()
-            if worker is not None and "runwatch.jobs.worker" in " ".join(worker.cmdline()):
-                pids.append(worker.pid)
+        with contextlib.suppress(OSError, ValueError, IndexError):  # the job may just end
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                continue  # not held: that attempt ended
+            except BlockingIOError:
+                pids.append(int(os.pread(fd, 64, 0).split()[1]))
+            finally:
+                os.close(fd)
     return pids
 
 

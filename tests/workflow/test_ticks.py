@@ -29,15 +29,15 @@ def test_a_full_tick_is_due_only_for_new_files_free_slots_or_time(
     db: Database, settings: Settings, tmp_path: Path
 ) -> None:
     write_pipeline(settings, CHAIN.replace('command: "cp', 'command: "sleep 2; cp'))
-    announce_run(db, tmp_path / "raw", 7, 5)
+    announce_run(db, tmp_path / "raw", 7, 8)
     clock = Clock()
     executor = LocalExecutor(settings)
     scheduler = Scheduler(settings, db, executor, clock=clock)
     try:
         assert scheduler.full_tick_due(), "the first tick is a full one"
         report = scheduler.run_once()
-        # Both slots busy for 2 s, and a job queued ahead of each (LocalExecutor.queue_ahead).
-        assert report.planned and report.submitted == 2 * settings.scheduler.slots
+        # Both slots busy for 2 s, and two rounds of jobs queued (LocalExecutor.queue_ahead).
+        assert report.planned and report.submitted == 3 * settings.scheduler.slots
         assert not scheduler.full_tick_due()
         assert scheduler.run_quick().submitted == 0  # no slot free: nothing to do
 

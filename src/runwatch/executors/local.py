@@ -41,32 +41,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "local"
 CANCEL_GRACE_S = 5.0  # SIGTERM first, so that a step can flush; SIGKILL after this
-CREATE_TIME_TOLERANCE_S = 0.01  # create times have clock-tick resolution
 DATABASE_URL_ENV = "RUNWATCH_DATABASE_URL"  # not in argv: ps would show a password
-
-
-@dataclass(frozen=True)
-class LocalProcess:
-    """A process named by pid and create time, so that a reused pid is not mistaken for it."""
-
-    pid: int
-    create_time: float
-
-    @classmethod
-    def parse(cls, text: str) -> LocalProcess | None:
-        pid, _, created = text.strip().partition(":")
-        try:
-            return cls(int(pid), float(created))
-        except ValueError:
-            return None
-
-    def running(self) -> bool:
-        try:
-            proc = psutil.Process(self.pid)
-            same = abs(proc.create_time() - self.create_time) <= CREATE_TIME_TOLERANCE_S
-            return bool(same and proc.status() != psutil.STATUS_ZOMBIE)
-        except psutil.Error:
-            return False
 
 
 def external_id(attempt_id: int) -> str:
@@ -96,9 +71,10 @@ class LocalExecutor:
         return self.slots
 
     def queue_ahead(self) -> int:
-        # One job waits behind each slot, so that a worker whose job ended starts the next
-        # at once instead of after a round trip through the scheduler.
-        return self.slots
+        # Two rounds of jobs wait behind the slots, so that a worker whose job ended takes
+        # the next at once, and the scheduler refills the queue in batches (see
+        # Scheduler._choose) instead of once per job.
+        return 2 * self.slots
 
     # -- submit ---------------------------------------------------------------------------
 
@@ -188,13 +164,9 @@ class LocalExecutor:
         attempt_id = parse_external_id(ext)
         if attempt_id is None:
             return
-        try:
-            text = attempt_lock_path(self.home, attempt_id).read_text()
-        except OSError:
-            return  # not running: a queued attempt is never claimed once given up
-        command = LocalProcess.parse(text)
+        command = _running_command(attempt_lock_path(self.home, attempt_id))
         if command is None:
-            return  # the command has not started yet; the worker's heartbeat stops it
+            return  # not running, or its command has not started (its heartbeat stops it)
         _signal_group(command, signal.SIGTERM)
         timer = threading.Timer(self.cancel_grace_s, _signal_group, (command, signal.SIGKILL))
         timer.daemon = True
@@ -218,7 +190,41 @@ class LocalExecutor:
                 os.kill(int(path.read_text()), signal.SIGTERM)
 
 
-def _signal_group(command: LocalProcess, signum: int) -> None:
+@dataclass(frozen=True)
+class Command:
+    """An attempt's command, as its worker noted it in the attempt's lock file."""
+
+    pid: int
+    worker_pid: int
+
+    def running(self) -> bool:
+        """Still running as that worker's child (not a reused pid)."""
+        try:
+            proc = psutil.Process(self.pid)
+            return bool(proc.ppid() == self.worker_pid and proc.status() != psutil.STATUS_ZOMBIE)
+        except psutil.Error:
+            return False
+
+
+def _running_command(lock: Path) -> Command | None:
+    """The command of a running attempt: its lock file is held and names it."""
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None  # not held: the attempt ended
+    except BlockingIOError:
+        pids = os.pread(fd, 64, 0).split()
+    finally:
+        os.close(fd)
+    if len(pids) != 2 or not all(p.isdigit() for p in pids):
+        return None
+    return Command(int(pids[0]), int(pids[1]))
+
+
+def _signal_group(command: Command, signum: int) -> None:
     if command.running():
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(command.pid, signum)

@@ -16,7 +16,7 @@ a kill -9 included), all in ``<work_root>/local/``:
 - ``worker-N.lock`` is ``flock``-ed by worker N while it lives: a dead worker is seen at
   once and replaced, and two workers never share an index;
 - ``attempt-ID.lock`` is ``flock``-ed by the worker that runs attempt ID, from before the
-  claim until after the record; it holds the command's ``pid:create_time`` once the
+  claim until after the record; it holds the command's and the worker's pids once the
   command runs (for a cancel). Held: the job runs. There but not held: the job ended
   (recorded by its worker, or not if the worker died). Absent: not started yet. Workers
   remove files older than ``KEEP_LOCKS_S`` while idle;
@@ -45,7 +45,6 @@ from pathlib import Path
 from types import FrameType
 from typing import cast
 
-import psutil
 import sqlalchemy as sa
 
 from runwatch.db import Database
@@ -56,6 +55,7 @@ from runwatch.workflow.nudge import NudgeListener
 from runwatch.workflow.states import AttemptState
 
 log = logging.getLogger("runwatch.worker")
+JOB_LOGGER = "runwatch.job"  # the wrapper's logger
 
 EXECUTOR = "local"
 POLL_S = 0.5
@@ -144,13 +144,11 @@ def sweep_attempt_locks(home: Path, older_than_s: float) -> int:
 
 
 def note_command(fd: int, pid: int) -> None:
-    """Write the command's ``pid:create_time`` into the attempt's lock file (for cancel)."""
-    try:
-        created = psutil.Process(pid).create_time()
-    except psutil.Error:
-        return  # it already ended: nothing to cancel
+    """Write ``COMMAND_PID WORKER_PID`` into the attempt's lock file, for a cancel: the
+    executor signals the command only while the lock is held and the command is still
+    this worker's child, so a pid reused by another process is never signalled."""
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{pid}:{created:.3f}".encode(), 0)
+    os.pwrite(fd, f"{pid} {os.getpid()}".encode(), 0)
 
 
 # -- the worker ---------------------------------------------------------------------------
@@ -255,19 +253,22 @@ class Worker:
 
 @contextlib.contextmanager
 def attempt_log(log_path: str | None) -> Iterator[None]:
-    """The wrapper's log lines go into the attempt's log, among its command's output."""
+    """The wrapper's log lines go into the attempt's log, among its command's output (and
+    not into the worker's own log as well)."""
     if not log_path:
         yield
         return
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(log_path)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    root = logging.getLogger()
-    root.addHandler(handler)
+    job_log = logging.getLogger(JOB_LOGGER)
+    job_log.addHandler(handler)
+    job_log.propagate = False
     try:
         yield
     finally:
-        root.removeHandler(handler)
+        job_log.propagate = True
+        job_log.removeHandler(handler)
         handler.close()
 
 

@@ -58,9 +58,22 @@ _SET_EXTERNAL_ID = (
     .where(_ATTEMPTS.c.id == sa.bindparam("attempt_id"))
     .values(external_id=sa.bindparam("given_id"))
 )
-_THREADS_IN_USE = sa.select(sa.func.coalesce(sa.func.sum(_TASKS.c.threads), 0)).where(
-    _TASKS.c.state.in_(sorted(ACTIVE))
+_MESSAGES = cast(sa.Table, ReceivedMessage.__table__)
+_SIGNAL = sa.select(
+    sa.select(sa.func.max(_MESSAGES.c.id)).scalar_subquery(),
+    sa.select(sa.func.count())
+    .select_from(_ATTEMPTS)
+    .where(_ATTEMPTS.c.state.in_(sorted(ATTEMPT_OPEN)))
+    .scalar_subquery(),
 )
+_THREADS_BY_STATE = (
+    sa.select(_TASKS.c.state, sa.func.sum(_TASKS.c.threads))
+    .where(_TASKS.c.state.in_(sorted(ACTIVE)))
+    .group_by(_TASKS.c.state)
+)
+
+
+Signal = tuple[int | None, int]  # the newest message's id, the number of open attempts
 
 
 @dataclass
@@ -102,12 +115,14 @@ class Scheduler:
 
     # -- one tick -------------------------------------------------------------------------
 
-    def run_once(self) -> TickReport:
-        """A full tick: plan, supervise, submit, update run statuses."""
+    def run_once(self, signal: Signal | None = None) -> TickReport:
+        """A full tick: plan, supervise, submit, update run statuses. ``signal``: what
+        ``_signal()`` said just before, if the caller asked already."""
         report = TickReport()
         now = self.clock()
         self._last_full = now
-        self._planned_up_to = self._signal()[0]  # messages after this call for a full tick
+        # Messages that arrive after this are for the next full tick.
+        self._planned_up_to = (signal or self._signal())[0]
         with self.db.session() as session:
             if self.folder.refresh() or not self.book.current:
                 self.book = record_revisions(session, self.folder.loaded)
@@ -126,7 +141,7 @@ class Scheduler:
         """A quick tick: only submit READY tasks."""
         return TickReport(submitted=self.submit_ready())
 
-    def full_tick_due(self) -> bool:
+    def full_tick_due(self, signal: Signal | None = None) -> bool:
         """A full tick is due when there was room for jobs at the last submission (planning
         may find work), when ``tick_seconds`` have passed, or when messages arrived."""
         if self._last_full is None or self._room > 0:
@@ -138,7 +153,7 @@ class Scheduler:
             < dt.timedelta(seconds=self.settings.scheduler.tick_seconds)
         ):
             return True
-        return self._signal()[0] != self._planned_up_to
+        return (signal or self._signal())[0] != self._planned_up_to
 
     # -- submitting -----------------------------------------------------------------------
 
@@ -166,10 +181,19 @@ class Scheduler:
         return len(prepared)
 
     def _choose(self, tx: sa.Connection) -> list[ReadyTask]:
-        used = tx.execute(_THREADS_IN_USE).scalar() or 0
-        free = self.executor.capacity() + self.executor.queue_ahead() - int(used)
+        threads = dict(tx.execute(_THREADS_BY_STATE).all())
+        queued = int(threads.get(TaskState.SUBMITTED) or 0)
+        used = queued + int(threads.get(TaskState.RUNNING) or 0)
+        capacity = self.executor.capacity()
+        free = capacity + self.executor.queue_ahead() - used
         self._room = max(free, 0)
         if free <= 0:
+            return []
+        if used >= capacity and queued >= capacity:
+            # Every slot is busy and another round of jobs is queued: refill later, in
+            # one batch, rather than one job per job that ends (a tick per job was most
+            # of the scheduler's cost per task).
+            self._room = 0
             return []
         newest_first = self.settings.scheduler.order == "newest"
         candidates = ready_tasks(tx, max(4 * free, 16), newest_first)
@@ -333,12 +357,13 @@ class Scheduler:
                     if on_lead is not None:
                         on_lead()
                         on_lead = None
-                full = self.full_tick_due()
-                report = self.run_once() if full else self.run_quick()
+                signal = self._signal()  # once per turn: it is one query
+                full = self.full_tick_due(signal)
+                report = self.run_once(signal) if full else self.run_quick()
                 if not full and not report.submitted and self._room > 0:
-                    report = self.run_once()  # room for jobs, nothing ready: plan for work
+                    report = self.run_once(signal)  # room, nothing ready: plan for work
                 if not report.busy():
-                    self._wait_for_change(stop, wake)
+                    self._wait_for_change(stop, wake, signal)
         finally:
             nudges.stop()
             with self.db.session() as session:
@@ -359,12 +384,13 @@ class Scheduler:
         self._lease_renewed_at = now if held else None
         return held
 
-    def _wait_for_change(self, stop: threading.Event, wake: threading.Event) -> None:
+    def _wait_for_change(
+        self, stop: threading.Event, wake: threading.Event, before: Signal
+    ) -> None:
         """Sleep until the next tick is due, a source wakes us, or the database shows a new
-        message or a job that ended (cheap: two indexed aggregates)."""
+        message or a job that ended since ``before`` (cheap: two indexed aggregates)."""
         settings = self.settings.scheduler
         deadline = self.clock() + dt.timedelta(seconds=settings.tick_seconds)
-        before = self._signal()
         while self.clock() < deadline and not stop.is_set():
             if wake.wait(settings.poll_seconds):
                 wake.clear()
@@ -372,17 +398,11 @@ class Scheduler:
             if self._signal() != before:
                 return
 
-    def _signal(self) -> tuple[int | None, int]:
-        with self.db.read_session() as session:
-            row = session.execute(
-                sa.select(
-                    sa.select(sa.func.max(ReceivedMessage.id)).scalar_subquery(),
-                    sa.select(sa.func.count())
-                    .select_from(Attempt)
-                    .where(Attempt.state.in_(list(ATTEMPT_OPEN)))
-                    .scalar_subquery(),
-                )
-            ).one()
+    def _signal(self) -> Signal:
+        """The newest message's id and the number of open attempts: a change in either
+        means there is something to do. Polled often, so one prebuilt Core query."""
+        with self.db.read_connection() as connection:
+            row = connection.execute(_SIGNAL).one()
             return row[0], row[1]
 
 
