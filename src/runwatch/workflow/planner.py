@@ -11,11 +11,13 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable
+from typing import cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from runwatch.catalogue.models import File, Run, RunStatus
+from runwatch.db import Transaction, connection_of
 from runwatch.workflow.models import Task, TaskDependency
 from runwatch.workflow.revisions import PipelineBook, RevisionCache
 from runwatch.workflow.spec import Pipeline, Step
@@ -34,67 +36,114 @@ def run_task_key(pipeline: str, step: str, run_id: int, batch: int | None) -> st
     return f"{pipeline}/{step}/run:{run_id}{suffix}"
 
 
-def plan_new_files(session: Session, book: PipelineBook, now: dt.datetime, limit: int = 500) -> int:
-    """Make the file-scoped tasks of files not planned yet; returns tasks made."""
-    files = session.scalars(
-        sa.select(File).where(File.planned_at.is_(None)).order_by(File.id).limit(limit)
-    ).all()
+_FILES = cast(sa.Table, File.__table__)
+_RUNS = cast(sa.Table, Run.__table__)
+_TASKS = cast(sa.Table, Task.__table__)
+_DEPENDENCIES = cast(sa.Table, TaskDependency.__table__)
+_UNPLANNED = (
+    sa.select(
+        _FILES.c.id,
+        _FILES.c.run_id,
+        _FILES.c.stream,
+        sa.func.coalesce(_FILES.c.created_at, _FILES.c.registered_at),
+        _RUNS.c.status,
+    )
+    .join(_RUNS, _RUNS.c.id == _FILES.c.run_id)
+    .where(_FILES.c.planned_at.is_(None))
+    .order_by(_FILES.c.id)
+    .limit(sa.bindparam("limit"))
+)
+_MARK_PLANNED = (
+    sa.update(_FILES)
+    .where(_FILES.c.id == sa.bindparam("file_id"))
+    .values(planned_at=sa.bindparam("now", type_=_FILES.c.planned_at.type))
+)
+_REOPEN_RUN = (
+    sa.update(_RUNS)
+    .where(_RUNS.c.id == sa.bindparam("run_id"))
+    .values(status=RunStatus.REC_RUNNING, completed_at=None)
+)
+_INSERT_TASK = sa.insert(_TASKS)
+_INSERT_DEPENDENCY = sa.insert(_DEPENDENCIES)
+
+
+def plan_new_files(tx: Transaction, book: PipelineBook, now: dt.datetime, limit: int = 500) -> int:
+    """Make the file-scoped tasks of files not planned yet; returns tasks made. Core
+    statements: a burst of files (a hundred at once) is planned in one tick."""
+    connection = connection_of(tx)
+    files = connection.execute(_UNPLANNED, {"limit": limit}).all()
     made = 0
-    for file in files:
-        for revision_id, pipeline in book.for_stream(file.stream):
-            made += _plan_file(session, file, revision_id, pipeline, now)
-        file.planned_at = now
-        if file.run.status not in ACTIVE_RUN:  # a late file reopens a finished run
-            file.run.status = RunStatus.REC_RUNNING
-            file.run.completed_at = None
-    session.flush()
+    for file_id, run_id, stream, taken_at, _ in files:
+        for revision_id, pipeline in book.for_stream(stream):
+            made += _plan_file(connection, file_id, run_id, taken_at, revision_id, pipeline, now)
+    if files:
+        connection.execute(_MARK_PLANNED, [{"file_id": f[0], "now": now} for f in files])
+    for run_id in {f[1] for f in files if f[4] not in ACTIVE_RUN}:
+        connection.execute(_REOPEN_RUN, {"run_id": run_id})  # a late file reopens a run
     return made
 
 
 def _plan_file(
-    session: Session, file: File, revision_id: int, pipeline: Pipeline, now: dt.datetime
+    connection: sa.Connection,
+    file_id: int,
+    run_id: int,
+    taken_at: dt.datetime,
+    revision_id: int,
+    pipeline: Pipeline,
+    now: dt.datetime,
 ) -> int:
-    made: dict[str, Task] = {}
+    made: dict[str, int] = {}
     for step in pipeline.steps.values():
         if step.scope != "file":
             continue
         needs = [made[name] for name in step.needs]
-        task = _new_task(
+        values = _task_values(
             pipeline,
             step,
             revision_id,
             now,
-            key=file_task_key(pipeline.name, step.name, file.id),
-            run_id=file.run_id,
-            file_id=file.id,
-            priority_at=file.created_at or file.registered_at,
+            key=file_task_key(pipeline.name, step.name, file_id),
+            run_id=run_id,
+            file_id=file_id,
+            batch=None,
+            final=True,
+            priority_at=taken_at,
             state=TaskState.WAITING if needs else TaskState.READY,
         )
-        session.add(task)
-        session.flush()
-        session.add_all(TaskDependency(task_id=task.id, needs_id=n.id) for n in needs)
-        made[step.name] = task
+        inserted = connection.execute(_INSERT_TASK, values)
+        task_id = int(inserted.inserted_primary_key[0])  # type: ignore[index]
+        if needs:
+            connection.execute(
+                _INSERT_DEPENDENCY, [{"task_id": task_id, "needs_id": n} for n in needs]
+            )
+        made[step.name] = task_id
     return len(made)
+
+
+def _task_values(
+    pipeline: Pipeline, step: Step, revision_id: int, now: dt.datetime, **values: object
+) -> dict[str, object]:
+    return {
+        "revision_id": revision_id,
+        "pipeline": pipeline.name,
+        "step": step.name,
+        "scope": step.scope,
+        "threads": step.threads,
+        "memory_mb": step.memory_mb,
+        "timeout_s": step.timeout_s,
+        "retries": step.retries,
+        "failures": 0,
+        "inputs": [],
+        "created_at": now,
+        "updated_at": now,
+        **values,
+    }
 
 
 def _new_task(
     pipeline: Pipeline, step: Step, revision_id: int, now: dt.datetime, **values: object
 ) -> Task:
-    return Task(
-        revision_id=revision_id,
-        pipeline=pipeline.name,
-        step=step.name,
-        scope=step.scope,
-        threads=step.threads,
-        memory_mb=step.memory_mb,
-        timeout_s=step.timeout_s,
-        retries=step.retries,
-        failures=0,
-        inputs=[],
-        created_at=now,
-        updated_at=now,
-        **values,
-    )
+    return Task(**_task_values(pipeline, step, revision_id, now, **values))
 
 
 def run_is_complete(session: Session, run: Run) -> bool:
