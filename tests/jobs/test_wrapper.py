@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from runwatch.catalogue.models import File, Run
 from runwatch.cli import build
 from runwatch.db import Database, utcnow
-from runwatch.jobs.wrapper import EXIT_FAILED, EXIT_OK, run_attempt
+from runwatch.jobs.wrapper import EXIT_FAILED, EXIT_OK, command_argv, run_attempt
 from runwatch.storage.checksum import adler32_file
 from runwatch.workflow.models import Attempt, PipelineRevision, Task, TaskOutput
 from runwatch.workflow.service import cancel_task
@@ -407,3 +407,40 @@ def test_heartbeats_are_recorded_while_the_step_runs(db: Database, tmp_path: Pat
     attempt, _, _ = attempt_row(db, attempt_id)
     assert attempt.started_at is not None and attempt.heartbeat_at is not None
     assert (attempt.heartbeat_at - attempt.started_at).total_seconds() > 0.4
+
+
+def test_plain_commands_are_execd_directly_and_shell_syntax_runs_in_bash(tmp_path: Path) -> None:
+    tool = tmp_path / "bin" / "mytool"
+    tool.parent.mkdir()
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    path = f"{tool.parent}:/usr/bin:/bin"
+    assert command_argv("mytool --in a.raw  --out b", path) == [
+        str(tool),
+        "--in",
+        "a.raw",
+        "--out",
+        "b",
+    ]
+    assert command_argv("true", path)[0].endswith("/true")
+    for shell in (
+        "mytool > out",
+        "mytool | wc -l",
+        "echo $HOME",
+        "A=1 mytool",
+        "mytool 'two words'",
+        "exit 3",
+        "cd /tmp",
+        "./run.sh",
+        "no-such-program x",
+        "mytool *.raw",
+    ):
+        assert command_argv(shell, path) == ["bash", "-c", shell], shell
+
+
+def test_a_plain_command_runs_and_is_timed(db: Database, tmp_path: Path) -> None:
+    attempt_id = make_attempt(db, tmp_path, "sleep 0.2")
+    assert run_attempt(db, attempt_id, "h") == 0
+    attempt, task, _ = attempt_row(db, attempt_id)
+    assert (attempt.state, task.state) == (AttemptState.SUCCEEDED, TaskState.DONE)
+    assert attempt.wall_s is not None and attempt.wall_s >= 0.2
