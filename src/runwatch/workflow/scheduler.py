@@ -159,8 +159,11 @@ class Scheduler:
 
     def submit_ready(self) -> int:
         """Hand READY tasks to the executor, newest data first, within its thread slots."""
+        free = self._free_threads()  # read first: most turns find nothing to add
+        if free <= 0:
+            return 0
         with self.db.transaction() as tx:
-            chosen = self._choose(tx)
+            chosen = self._choose(tx, free)
             prepared = [job for task in chosen if (job := self._prepare(tx, task))]
         if not prepared:
             return 0
@@ -180,21 +183,27 @@ class Scheduler:
             )
         return len(prepared)
 
-    def _choose(self, tx: sa.Connection) -> list[ReadyTask]:
-        threads = dict(tx.execute(_THREADS_BY_STATE).all())
+    def _free_threads(self) -> int:
+        """Threads' worth of jobs to submit now (0: none), from a read of the tasks in
+        flight. Jobs only end meanwhile (this is the one scheduler), so the figure can
+        only err on the safe side."""
+        with self.db.read_connection() as connection:
+            threads = dict(connection.execute(_THREADS_BY_STATE).all())
         queued = int(threads.get(TaskState.SUBMITTED) or 0)
         used = queued + int(threads.get(TaskState.RUNNING) or 0)
         capacity = self.executor.capacity()
         free = capacity + self.executor.queue_ahead() - used
         self._room = max(free, 0)
-        if free <= 0:
-            return []
-        if used >= capacity and queued >= capacity:
+        if free > 0 and used >= capacity and queued >= capacity:
             # Every slot is busy and another round of jobs is queued: refill later, in
             # one batch, rather than one job per job that ends (a tick per job was most
             # of the scheduler's cost per task).
             self._room = 0
-            return []
+            return 0
+        return max(free, 0)
+
+    def _choose(self, tx: sa.Connection, free: int) -> list[ReadyTask]:
+        """Up to ``free`` threads' worth of READY tasks."""
         newest_first = self.settings.scheduler.order == "newest"
         candidates = ready_tasks(tx, max(4 * free, 16), newest_first)
         chosen: list[ReadyTask] = []
