@@ -35,8 +35,9 @@ class SchedulerSettings(BaseModel):
         0,
         ge=0,
         description=(
-            "Thread slots for the executor; 0 = CPU count. The local executor also keeps "
-            "one job waiting behind each slot, so the next job starts as soon as one ends."
+            "Thread slots for the executor; 0 = CPU count. The local executor runs one "
+            "worker process per slot (under <work_root>/local) and keeps two rounds of "
+            "jobs queued behind the slots, so the next job starts as soon as one ends."
         ),
     )
     order: str = Field("newest", pattern="^(newest|oldest)$", description="Keep-up order.")
