@@ -6,6 +6,7 @@ import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -13,7 +14,14 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from runwatch.catalogue.models import Run
-from runwatch.db import SQLITE_FAST_WAIT_S, Base, Database, import_all_models, utcnow
+from runwatch.db import (
+    SQLITE_FAST_WAIT_S,
+    Base,
+    Database,
+    WriterQueue,
+    import_all_models,
+    utcnow,
+)
 
 
 def test_migrations_match_models(any_db: Database) -> None:
@@ -75,3 +83,52 @@ def test_a_writer_gets_the_sqlite_lock_at_once_when_it_is_freed(
                 s.add(Run(number=len(lateness) + 1, stream="Physics"))
             lateness.append(got - released.result())
     assert statistics.median(lateness) < limit_s, lateness
+
+
+def test_runwatch_writers_queue_for_the_write_lock_without_spinning(db: Database) -> None:
+    """A second writer waits on the writers' queue (a file lock) at no CPU cost, and gets
+    its turn as soon as the first one's transaction ends."""
+    first_in = threading.Event()
+    released: list[float] = []
+
+    def first() -> None:
+        with db.session() as s:
+            s.add(Run(number=1, stream="Physics"))
+            s.flush()  # BEGIN IMMEDIATE: holds the queue and the lock
+            first_in.set()
+            time.sleep(0.5)
+        released.append(time.monotonic())
+
+    def second() -> tuple[float, float]:
+        assert first_in.wait(5)
+        cpu = time.thread_time()
+        with db.session() as s:
+            s.add(Run(number=2, stream="Physics"))
+            s.flush()
+            got = time.monotonic()
+        return time.thread_time() - cpu, got
+
+    with ThreadPoolExecutor(2) as pool:
+        holder = pool.submit(first)
+        cpu_s, got = pool.submit(second).result()
+        holder.result()
+    assert cpu_s < 0.015, f"the waiting writer used {cpu_s:.3f} s of CPU"
+    assert 0 <= got - released[0] < 0.05
+    with db.session() as s:
+        assert sorted(s.scalars(sa.select(Run.number))) == [1, 2]
+
+
+def test_writers_work_without_the_queue_where_its_file_cannot_be_made(tmp_path: Path) -> None:
+    (tmp_path / "runwatch.db.writers").mkdir()  # a folder where the lock file should be
+    database = Database(f"sqlite:///{tmp_path}/runwatch.db")
+    try:
+        database.upgrade()
+        with database.session() as s:
+            s.add(Run(number=3, stream="Physics"))
+        with database.session() as s:
+            assert s.scalar(sa.select(Run.number)) == 3
+    finally:
+        database.dispose()
+    record = type("Record", (), {"info": {}})()
+    WriterQueue(tmp_path / "runwatch.db.writers").on_connect(None, record)
+    assert WriterQueue.FD not in record.info and not WriterQueue.enter(record.info)
