@@ -12,6 +12,7 @@ files of one run are registered in turn. Run counters are updated with one
 from __future__ import annotations
 
 import datetime as dt
+from typing import cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
@@ -25,7 +26,14 @@ from runwatch.ingest.schema import FileMessage
 FINISHED = (RunStatus.ALL_COMPLETED, RunStatus.PARTLY_COMPLETED)
 
 
+_FILES = cast(sa.Table, File.__table__)
+_FILE_ID = sa.select(_FILES.c.id).where(_FILES.c.name == sa.bindparam("name"))
+
+
 def file_named(session: Session, name: str) -> File | None:
+    # A cheap Core probe first: nearly every message names a new file.
+    if session.connection().execute(_FILE_ID, {"name": name}).first() is None:
+        return None
     return session.scalar(sa.select(File).where(File.name == name))
 
 
@@ -127,27 +135,39 @@ def _insert_run_if_missing(session: Session, values: dict[str, object]) -> None:
         )
 
 
-def _count_file(session: Session, run: Run, msg: FileMessage, now: dt.datetime) -> None:
-    """Add the file to its run's counters and time span, atomically in the database."""
+_RUNS = cast(sa.Table, Run.__table__)
+
+
+def _counting(with_created: bool) -> sa.Update:
+    """``UPDATE runs`` adding one file of :size bytes and, ``with_created``, widening the
+    run's time span to :created. Built once: building it per file cost more than running it."""
     values: dict[str, object] = {
-        "n_files": Run.n_files + 1,
-        "n_bytes": Run.n_bytes + (msg.size or 0),
-        "updated_at": now,
+        "n_files": _RUNS.c.n_files + 1,
+        "n_bytes": _RUNS.c.n_bytes + sa.bindparam("size", type_=sa.BigInteger()),
+        "updated_at": sa.bindparam("now", type_=UTCDateTime()),
     }
-    if msg.created is not None:
-        created = sa.literal(msg.created, UTCDateTime())
+    if with_created:
+        created = sa.bindparam("created", type_=UTCDateTime())
         values["started_at"] = sa.case(
-            (sa.or_(Run.started_at.is_(None), Run.started_at > created), created),
-            else_=Run.started_at,
+            (sa.or_(_RUNS.c.started_at.is_(None), _RUNS.c.started_at > created), created),
+            else_=_RUNS.c.started_at,
         )
         values["ended_at"] = sa.case(
-            (sa.or_(Run.ended_at.is_(None), Run.ended_at < created), created),
-            else_=Run.ended_at,
+            (sa.or_(_RUNS.c.ended_at.is_(None), _RUNS.c.ended_at < created), created),
+            else_=_RUNS.c.ended_at,
         )
-    session.execute(
-        sa.update(Run).where(Run.id == run.id).values(values),
-        execution_options={"synchronize_session": False},
-    )
+    return sa.update(_RUNS).where(_RUNS.c.id == sa.bindparam("run_id")).values(values)
+
+
+_COUNT_FILE = {True: _counting(True), False: _counting(False)}
+
+
+def _count_file(session: Session, run: Run, msg: FileMessage, now: dt.datetime) -> None:
+    """Add the file to its run's counters and time span, atomically in the database."""
+    params: dict[str, object] = {"run_id": run.id, "size": msg.size or 0, "now": now}
+    if msg.created is not None:
+        params["created"] = msg.created
+    session.connection().execute(_COUNT_FILE[msg.created is not None], params)
     session.expire(run, ["n_files", "n_bytes", "started_at", "ended_at", "updated_at"])
 
 

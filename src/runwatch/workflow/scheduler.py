@@ -16,7 +16,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -59,12 +59,24 @@ _SET_EXTERNAL_ID = (
     .values(external_id=sa.bindparam("given_id"))
 )
 _MESSAGES = cast(sa.Table, ReceivedMessage.__table__)
+
+
+def _threads_in(state: TaskState) -> sa.ScalarSelect[Any]:
+    return (
+        sa.select(sa.func.coalesce(sa.func.sum(_TASKS.c.threads), 0))
+        .where(_TASKS.c.state == state)
+        .scalar_subquery()
+    )
+
+
 _SIGNAL = sa.select(
     sa.select(sa.func.max(_MESSAGES.c.id)).scalar_subquery(),
     sa.select(sa.func.count())
     .select_from(_ATTEMPTS)
     .where(_ATTEMPTS.c.state.in_(sorted(ATTEMPT_OPEN)))
     .scalar_subquery(),
+    _threads_in(TaskState.SUBMITTED),
+    _threads_in(TaskState.RUNNING),
 )
 _THREADS_BY_STATE = (
     sa.select(_TASKS.c.state, sa.func.sum(_TASKS.c.threads))
@@ -103,6 +115,7 @@ class Scheduler:
         self._last_full: dt.datetime | None = None  # when the last full tick began
         self._planned_up_to: int | None = None  # the newest message at that moment
         self._room = 0  # threads' worth of jobs the last submission could still have added
+        self._in_flight: tuple[int, int] | None = None  # threads queued, running; see _signal
         self.folder = PipelineFolder(settings.pipelines)
         self.book = PipelineBook()
         self.revisions = RevisionCache()
@@ -187,10 +200,16 @@ class Scheduler:
         """Threads' worth of jobs to submit now (0: none), from a read of the tasks in
         flight. Jobs only end meanwhile (this is the one scheduler), so the figure can
         only err on the safe side."""
-        with self.db.read_connection() as connection:
-            threads = dict(connection.execute(_THREADS_BY_STATE).all())
-        queued = int(threads.get(TaskState.SUBMITTED) or 0)
-        used = queued + int(threads.get(TaskState.RUNNING) or 0)
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is None:
+            with self.db.read_connection() as connection:
+                threads = dict(connection.execute(_THREADS_BY_STATE).all())
+            in_flight = (
+                int(threads.get(TaskState.SUBMITTED) or 0),
+                int(threads.get(TaskState.RUNNING) or 0),
+            )
+        queued, running = in_flight
+        used = queued + running
         capacity = self.executor.capacity()
         free = capacity + self.executor.queue_ahead() - used
         self._room = max(free, 0)
@@ -412,7 +431,9 @@ class Scheduler:
         means there is something to do. Polled often, so one prebuilt Core query."""
         with self.db.read_connection() as connection:
             row = connection.execute(_SIGNAL).one()
-            return row[0], row[1]
+        # The threads queued and running come with it, for this turn's submission.
+        self._in_flight = (int(row[2]), int(row[3]))
+        return row[0], row[1]
 
 
 def _open(attempt: Attempt, timeout_s: float) -> OpenAttempt:
