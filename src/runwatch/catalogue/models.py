@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -69,3 +69,8 @@ class File(Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", sa.JSON, default=dict)
 
     run: Mapped[Run] = relationship(back_populates="files")
+
+
+# The tables themselves, for Core statements.
+RUNS = cast(sa.Table, Run.__table__)
+FILES = cast(sa.Table, File.__table__)

@@ -12,22 +12,20 @@ files of one run are registered in turn. Run counters are updated with one
 from __future__ import annotations
 
 import datetime as dt
-from typing import cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from runwatch.catalogue.models import File, Run, RunStatus
+from runwatch.catalogue.models import FILES, RUNS, File, Run, RunStatus
 from runwatch.db import UTCDateTime
 from runwatch.ingest.schema import FileMessage
 
 FINISHED = (RunStatus.ALL_COMPLETED, RunStatus.PARTLY_COMPLETED)
 
 
-_FILES = cast(sa.Table, File.__table__)
-_FILE_ID = sa.select(_FILES.c.id).where(_FILES.c.name == sa.bindparam("name"))
+_FILE_ID = sa.select(FILES.c.id).where(FILES.c.name == sa.bindparam("name"))
 
 
 def file_named(session: Session, name: str) -> File | None:
@@ -135,28 +133,25 @@ def _insert_run_if_missing(session: Session, values: dict[str, object]) -> None:
         )
 
 
-_RUNS = cast(sa.Table, Run.__table__)
-
-
 def _counting(with_created: bool) -> sa.Update:
     """``UPDATE runs`` adding one file of :size bytes and, ``with_created``, widening the
     run's time span to :created. Built once: building it per file cost more than running it."""
     values: dict[str, object] = {
-        "n_files": _RUNS.c.n_files + 1,
-        "n_bytes": _RUNS.c.n_bytes + sa.bindparam("size", type_=sa.BigInteger()),
+        "n_files": RUNS.c.n_files + 1,
+        "n_bytes": RUNS.c.n_bytes + sa.bindparam("size", type_=sa.BigInteger()),
         "updated_at": sa.bindparam("now", type_=UTCDateTime()),
     }
     if with_created:
         created = sa.bindparam("created", type_=UTCDateTime())
         values["started_at"] = sa.case(
-            (sa.or_(_RUNS.c.started_at.is_(None), _RUNS.c.started_at > created), created),
-            else_=_RUNS.c.started_at,
+            (sa.or_(RUNS.c.started_at.is_(None), RUNS.c.started_at > created), created),
+            else_=RUNS.c.started_at,
         )
         values["ended_at"] = sa.case(
-            (sa.or_(_RUNS.c.ended_at.is_(None), _RUNS.c.ended_at < created), created),
-            else_=_RUNS.c.ended_at,
+            (sa.or_(RUNS.c.ended_at.is_(None), RUNS.c.ended_at < created), created),
+            else_=RUNS.c.ended_at,
         )
-    return sa.update(_RUNS).where(_RUNS.c.id == sa.bindparam("run_id")).values(values)
+    return sa.update(RUNS).where(RUNS.c.id == sa.bindparam("run_id")).values(values)
 
 
 _COUNT_FILE = {True: _counting(True), False: _counting(False)}

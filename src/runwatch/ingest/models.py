@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+from typing import cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
@@ -35,3 +36,7 @@ class ReceivedMessage(Base):
     file_name: Mapped[str | None] = mapped_column(sa.String(255), index=True)
     run_number: Mapped[int | None] = mapped_column(sa.BigInteger)
     file_id: Mapped[int | None] = mapped_column(sa.ForeignKey("files.id"))
+
+
+# The table itself, for Core statements.
+MESSAGES = cast(sa.Table, ReceivedMessage.__table__)

@@ -57,7 +57,7 @@ def slots_held(count: int, directory: Path, threads: int) -> Iterator[list[int]]
         order = [(os.getpid() + i) % count for i in range(count)]
         while True:
             for i in order:
-                if _try_lock(fds[i]):
+                if try_flock(fds[i]):
                     held.append(i)
                     if len(held) == need:
                         break
@@ -73,7 +73,8 @@ def slots_held(count: int, directory: Path, threads: int) -> Iterator[list[int]]
             os.close(fd)
 
 
-def _try_lock(fd: int) -> bool:
+def try_flock(fd: int) -> bool:
+    """Take the exclusive lock on ``fd`` if free; False if another holds it."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

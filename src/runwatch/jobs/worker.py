@@ -43,14 +43,13 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import cast
 
 import sqlalchemy as sa
 
 from runwatch.db import Database
-from runwatch.jobs.slots import slots_held
+from runwatch.jobs.slots import slots_held, try_flock
 from runwatch.jobs.wrapper import claim, run_claimed
-from runwatch.workflow.models import Attempt, Task
+from runwatch.workflow.models import ATTEMPTS, TASKS
 from runwatch.workflow.nudge import NudgeListener
 from runwatch.workflow.states import AttemptState
 
@@ -64,13 +63,11 @@ DB_RETRY_S = 2.0
 KEEP_LOCKS_S = 3600.0  # long after the scheduler has seen the end of the attempt
 SWEEP_EVERY_S = 60.0
 
-_ATTEMPTS = cast(sa.Table, Attempt.__table__)
-_TASKS = cast(sa.Table, Task.__table__)
 _NEXT = (
-    sa.select(_ATTEMPTS.c.id, _TASKS.c.threads)
-    .join(_TASKS, _TASKS.c.id == _ATTEMPTS.c.task_id)
-    .where(_ATTEMPTS.c.state == AttemptState.SUBMITTED, _ATTEMPTS.c.executor == EXECUTOR)
-    .order_by(_ATTEMPTS.c.id)
+    sa.select(ATTEMPTS.c.id, TASKS.c.threads)
+    .join(TASKS, TASKS.c.id == ATTEMPTS.c.task_id)
+    .where(ATTEMPTS.c.state == AttemptState.SUBMITTED, ATTEMPTS.c.executor == EXECUTOR)
+    .order_by(ATTEMPTS.c.id)
     .limit(sa.bindparam("limit"))
 )
 
@@ -94,12 +91,10 @@ def try_lock(path: Path) -> int | None:
     """Open ``path`` (made if missing) and take its lock; the descriptor, or None if
     another process holds it."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
+    if try_flock(fd):
+        return fd
+    os.close(fd)
+    return None
 
 
 @contextlib.contextmanager

@@ -39,9 +39,9 @@ from runwatch.db import Database, utcnow
 from runwatch.jobs.slots import SLOTS_ENV, slots_from_env, slots_held
 from runwatch.jobs.spec import JobSpec, job_spec
 from runwatch.storage.stage import StageError, stage_in, stage_out
+from runwatch.workflow.models import ATTEMPTS
 from runwatch.workflow.nudge import NUDGE_ENV, nudge
 from runwatch.workflow.service import (
-    ATTEMPTS,
     AttemptOutcome,
     OutputRecord,
     RetryPolicy,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -143,3 +143,10 @@ class SchedulerLease(Base):
     holder: Mapped[str] = mapped_column(sa.String(255))
     acquired_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+# The tables themselves, for the Core statements of the paths run for every task.
+TASKS = cast(sa.Table, Task.__table__)
+ATTEMPTS = cast(sa.Table, Attempt.__table__)
+DEPENDENCIES = cast(sa.Table, TaskDependency.__table__)
+OUTPUTS = cast(sa.Table, TaskOutput.__table__)

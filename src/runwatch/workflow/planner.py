@@ -11,14 +11,13 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from runwatch.catalogue.models import File, Run, RunStatus
+from runwatch.catalogue.models import FILES, RUNS, File, Run, RunStatus
 from runwatch.db import Transaction, connection_of
-from runwatch.workflow.models import Task, TaskDependency
+from runwatch.workflow.models import DEPENDENCIES, TASKS, Task, TaskDependency
 from runwatch.workflow.revisions import PipelineBook, RevisionCache
 from runwatch.workflow.spec import Pipeline, Step
 from runwatch.workflow.states import TaskState
@@ -36,35 +35,31 @@ def run_task_key(pipeline: str, step: str, run_id: int, batch: int | None) -> st
     return f"{pipeline}/{step}/run:{run_id}{suffix}"
 
 
-_FILES = cast(sa.Table, File.__table__)
-_RUNS = cast(sa.Table, Run.__table__)
-_TASKS = cast(sa.Table, Task.__table__)
-_DEPENDENCIES = cast(sa.Table, TaskDependency.__table__)
 _UNPLANNED = (
     sa.select(
-        _FILES.c.id,
-        _FILES.c.run_id,
-        _FILES.c.stream,
-        sa.func.coalesce(_FILES.c.created_at, _FILES.c.registered_at),
-        _RUNS.c.status,
+        FILES.c.id,
+        FILES.c.run_id,
+        FILES.c.stream,
+        sa.func.coalesce(FILES.c.created_at, FILES.c.registered_at),
+        RUNS.c.status,
     )
-    .join(_RUNS, _RUNS.c.id == _FILES.c.run_id)
-    .where(_FILES.c.planned_at.is_(None))
-    .order_by(_FILES.c.id)
+    .join(RUNS, RUNS.c.id == FILES.c.run_id)
+    .where(FILES.c.planned_at.is_(None))
+    .order_by(FILES.c.id)
     .limit(sa.bindparam("limit"))
 )
 _MARK_PLANNED = (
-    sa.update(_FILES)
-    .where(_FILES.c.id == sa.bindparam("file_id"))
-    .values(planned_at=sa.bindparam("now", type_=_FILES.c.planned_at.type))
+    sa.update(FILES)
+    .where(FILES.c.id == sa.bindparam("file_id"))
+    .values(planned_at=sa.bindparam("now", type_=FILES.c.planned_at.type))
 )
 _REOPEN_RUN = (
-    sa.update(_RUNS)
-    .where(_RUNS.c.id == sa.bindparam("run_id"))
+    sa.update(RUNS)
+    .where(RUNS.c.id == sa.bindparam("run_id"))
     .values(status=RunStatus.REC_RUNNING, completed_at=None)
 )
-_INSERT_TASK = sa.insert(_TASKS)
-_INSERT_DEPENDENCY = sa.insert(_DEPENDENCIES)
+_INSERT_TASK = sa.insert(TASKS)
+_INSERT_DEPENDENCY = sa.insert(DEPENDENCIES)
 
 
 def plan_new_files(tx: Transaction, book: PipelineBook, now: dt.datetime, limit: int = 500) -> int:

@@ -11,25 +11,23 @@ import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import sqlalchemy as sa
 
-from runwatch.catalogue.models import File, Run
+from runwatch.catalogue.models import FILES, RUNS
 from runwatch.config import Settings
 from runwatch.jobs.spec import InputSpec, JobSpec
-from runwatch.workflow.models import Attempt, Task, TaskDependency, TaskOutput
+from runwatch.workflow.models import (
+    ATTEMPTS,
+    DEPENDENCIES,
+    OUTPUTS,
+    TASKS,
+)
 from runwatch.workflow.spec import Pipeline
 from runwatch.workflow.states import TaskState
 from runwatch.workflow.templates import render_step
-
-TASKS = cast(sa.Table, Task.__table__)
-RUNS = cast(sa.Table, Run.__table__)
-FILES = cast(sa.Table, File.__table__)
-ATTEMPTS = cast(sa.Table, Attempt.__table__)
-DEPENDENCIES = cast(sa.Table, TaskDependency.__table__)
-OUTPUTS = cast(sa.Table, TaskOutput.__table__)
 
 
 @dataclass(frozen=True)

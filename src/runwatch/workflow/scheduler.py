@@ -16,7 +16,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -24,9 +24,9 @@ from sqlalchemy.orm import Session
 from runwatch.config import Settings
 from runwatch.db import Database, utcnow
 from runwatch.executors.base import Executor, JobRequest, JobStatus
-from runwatch.ingest.models import ReceivedMessage
+from runwatch.ingest.models import MESSAGES
 from runwatch.workflow import lease, planner
-from runwatch.workflow.models import Attempt, Task
+from runwatch.workflow.models import ATTEMPTS, TASKS, Attempt, Task
 from runwatch.workflow.nudge import NUDGE_ENV, NudgeListener, socket_path
 from runwatch.workflow.render import ReadyTask, ready_tasks, render_job, task_inputs
 from runwatch.workflow.revisions import (
@@ -42,7 +42,7 @@ from runwatch.workflow.service import (
     finish_attempt,
     transition,
 )
-from runwatch.workflow.states import ACTIVE, ATTEMPT_OPEN, AttemptState, TaskState
+from runwatch.workflow.states import ATTEMPT_OPEN, AttemptState, TaskState
 from runwatch.workflow.supervise import Limits, OpenAttempt, judge
 from runwatch.workflow.templates import TemplateError
 
@@ -50,40 +50,31 @@ log = logging.getLogger(__name__)
 
 CANCEL_SWEEP = dt.timedelta(minutes=10)
 
-_ATTEMPTS = cast(sa.Table, Attempt.__table__)
-_TASKS = cast(sa.Table, Task.__table__)
-_NEW_ATTEMPT = sa.insert(_ATTEMPTS)
+_NEW_ATTEMPT = sa.insert(ATTEMPTS)
 _SET_EXTERNAL_ID = (
-    sa.update(_ATTEMPTS)
-    .where(_ATTEMPTS.c.id == sa.bindparam("attempt_id"))
+    sa.update(ATTEMPTS)
+    .where(ATTEMPTS.c.id == sa.bindparam("attempt_id"))
     .values(external_id=sa.bindparam("given_id"))
 )
-_MESSAGES = cast(sa.Table, ReceivedMessage.__table__)
 
 
 def _threads_in(state: TaskState) -> sa.ScalarSelect[Any]:
     return (
-        sa.select(sa.func.coalesce(sa.func.sum(_TASKS.c.threads), 0))
-        .where(_TASKS.c.state == state)
+        sa.select(sa.func.coalesce(sa.func.sum(TASKS.c.threads), 0))
+        .where(TASKS.c.state == state)
         .scalar_subquery()
     )
 
 
 _SIGNAL = sa.select(
-    sa.select(sa.func.max(_MESSAGES.c.id)).scalar_subquery(),
+    sa.select(sa.func.max(MESSAGES.c.id)).scalar_subquery(),
     sa.select(sa.func.count())
-    .select_from(_ATTEMPTS)
-    .where(_ATTEMPTS.c.state.in_(sorted(ATTEMPT_OPEN)))
+    .select_from(ATTEMPTS)
+    .where(ATTEMPTS.c.state.in_(sorted(ATTEMPT_OPEN)))
     .scalar_subquery(),
     _threads_in(TaskState.SUBMITTED),
     _threads_in(TaskState.RUNNING),
 )
-_THREADS_BY_STATE = (
-    sa.select(_TASKS.c.state, sa.func.sum(_TASKS.c.threads))
-    .where(_TASKS.c.state.in_(sorted(ACTIVE)))
-    .group_by(_TASKS.c.state)
-)
-
 
 Signal = tuple[int | None, int]  # the newest message's id, the number of open attempts
 
@@ -200,15 +191,10 @@ class Scheduler:
         """Threads' worth of jobs to submit now (0: none), from a read of the tasks in
         flight. Jobs only end meanwhile (this is the one scheduler), so the figure can
         only err on the safe side."""
-        in_flight, self._in_flight = self._in_flight, None
-        if in_flight is None:
-            with self.db.read_connection() as connection:
-                threads = dict(connection.execute(_THREADS_BY_STATE).all())
-            in_flight = (
-                int(threads.get(TaskState.SUBMITTED) or 0),
-                int(threads.get(TaskState.RUNNING) or 0),
-            )
-        queued, running = in_flight
+        if self._in_flight is None:
+            self._signal()  # reads the threads in flight too
+        assert self._in_flight is not None
+        (queued, running), self._in_flight = self._in_flight, None
         used = queued + running
         capacity = self.executor.capacity()
         free = capacity + self.executor.queue_ahead() - used

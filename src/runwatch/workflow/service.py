@@ -18,14 +18,21 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, cast
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from runwatch.catalogue.models import Run, RunStatus
 from runwatch.db import Transaction, connection_of, utcnow
-from runwatch.workflow.models import Attempt, Task, TaskDependency, TaskOutput
+from runwatch.workflow.models import (
+    ATTEMPTS,
+    DEPENDENCIES,
+    OUTPUTS,
+    TASKS,
+    Attempt,
+    Task,
+)
 from runwatch.workflow.states import (
     TRANSITIONS,
     AttemptState,
@@ -35,10 +42,6 @@ from runwatch.workflow.states import (
     check_transition,
 )
 
-TASKS = cast(sa.Table, Task.__table__)
-ATTEMPTS = cast(sa.Table, Attempt.__table__)
-DEPENDENCIES = cast(sa.Table, TaskDependency.__table__)
-OUTPUTS = cast(sa.Table, TaskOutput.__table__)
 ENDED = (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED, TaskState.BLOCKED)
 
 
