@@ -113,7 +113,9 @@ def test_runwatch_writers_queue_for_the_write_lock_without_spinning(db: Database
         cpu_s, got = pool.submit(second).result()
         holder.result()
     assert cpu_s < 0.015, f"the waiting writer used {cpu_s:.3f} s of CPU"
-    assert 0 <= got - released[0] < 0.05
+    # The first's release is noted just after its connection goes back to the pool, so the
+    # second may be in a moment before: what matters is that it was not left waiting.
+    assert abs(got - released[0]) < 0.05
     with db.session() as s:
         assert sorted(s.scalars(sa.select(Run.number))) == [1, 2]
 
