@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import entry_points
 
 import typer
 
@@ -45,6 +46,10 @@ def _root(
 def build() -> typer.Typer:
     for module in FEATURE_CLIS:
         importlib.import_module(module).register(app)
+    # Experiments are plugins: the built-in ones register through the same entry point
+    # an outside package would use.
+    for entry in entry_points(group="runwatch.experiments"):
+        entry.load().register(app)
     return app
 
 
