@@ -1,0 +1,259 @@
+"""The time-of-flight likelihood fit of a batch of events, on dense events x hits matrices.
+
+The batch's hits are padded into matrices (the events are sorted by hit count before
+batching, so there is little padding; padded hits have zero charge and point at the time
+model's all-zero row, so they add nothing). A per-event sum is then a row sum or a
+batched BLAS dot product, and every step is a handful of whole-matrix NumPy operations.
+
+The fit maximises ``sum log p(t_i - |p_i - v| / c - t0)`` over the vertex ``v`` and
+``t0`` by Fisher scoring: ``delta = I^-1 grad``, with ``I`` the expected information
+``sum info_i J_i J_i^T`` (``J_i`` = d residual / d(v, t0) = ((p_i - v) / (d_i c), -1)).
+``I`` is positive definite whatever the residuals, so every step goes uphill, unlike
+Newton's method on a likelihood with a flat (dark-count) plateau. It is computed once at
+the start and reused: the vertex then moves by centimetres, the matrix hardly changes.
+
+The hot loop writes into preallocated work matrices: allocating fresh ones each step
+costs more than the arithmetic (the allocator maps new pages for large arrays). Distances
+come from ``|p|^2 - 2 p.v + |v|^2``, which needs no ``p - v`` matrices (float32 loses
+0.01 mm in that form at JUNO's scale), and the score's ``sum w (p - v)`` is
+``sum w p - v sum w``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from runwatch.experiments.juno import detector
+from runwatch.experiments.juno.lightmodel import LightModel
+from runwatch.experiments.juno.timemodel import LO_NS, STEP_NS, TimeModel
+
+INV_C = 1.0 / detector.LIGHT_SPEED_MM_PER_NS
+RESIDUAL_BIN_NS = 2.0
+"""Bin of the residual histogram that starts t0 (boxed over 5 bins)."""
+ENERGY_WINDOW_NS = (-30.0, 150.0)
+"""Residuals whose charge counts as the event's light: all but 1e-4 of it, and 3/8 of the
+prompt window's dark counts."""
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """What the fit needs besides the hits: the time model and the dark-count level."""
+
+    time_model: TimeModel
+    dark_hits: float  # expected dark hits (and photo-electrons) in the prompt window
+    dark_pe_per_ns: float  # expected dark photo-electrons per ns in the whole detector
+    max_radius_mm: float  # the PMT sphere: a vertex is kept inside it
+    iterations: int = 6
+    converged_mm: float = 10.0  # the last step is shorter for a converged fit
+    max_step_mm: float = 3000.0
+    max_step_ns: float = 30.0
+
+
+@dataclass
+class DenseBatch:
+    """One batch's hits as events x hits float32 matrices (see the module docstring)."""
+
+    px: np.ndarray
+    py: np.ndarray
+    pz: np.ndarray
+    r2: np.ndarray  # |p|^2
+    time: np.ndarray
+    npe: np.ndarray
+    valid: np.ndarray  # bool: a real hit, not padding
+
+    @classmethod
+    def gather(
+        cls, pmt_xyz: np.ndarray, hits: Any, starts: np.ndarray, counts: np.ndarray
+    ) -> DenseBatch:
+        """The hits ``starts[i]:starts[i] + counts[i]`` of ``hits`` (flat), padded."""
+        width = max(int(counts.max(initial=0)), 1)
+        column = np.arange(width)
+        valid = column[None, :] < counts[:, None]
+        if len(hits.npe):
+            index = np.where(valid, starts[:, None] + column[None, :], 0)
+            pmt, time, npe = (
+                hits.pmt_id.take(index),
+                hits.time_ns.take(index),
+                hits.npe.take(index),
+            )
+        else:
+            pmt, time, npe = (
+                np.zeros(valid.shape, np.int32),
+                *np.zeros((2, *valid.shape), np.float32),
+            )
+        px, py, pz = pmt_xyz[0].take(pmt), pmt_xyz[1].take(pmt), pmt_xyz[2].take(pmt)
+        return cls(
+            px=px,
+            py=py,
+            pz=pz,
+            r2=px * px + py * py + pz * pz,
+            time=np.where(valid, time, np.float32(-1e4)),
+            npe=np.where(valid, npe, np.float32(0.0)),
+            valid=valid,
+        )
+
+    def fit(self, start: np.ndarray, settings: FitSettings, light: LightModel) -> np.ndarray:
+        """x, y, z, t0, energy and the last step's length (mm) per event (6 x events)."""
+        vertex = start.astype(np.float32).copy()
+        t0 = self.start_time(vertex, settings.time_model)
+        row_start, info = self.rows(settings)
+        inverse = _inverse(self.fisher(vertex, info))
+        work = _Work.like(self.px)
+        step = np.full(len(t0), np.inf, dtype=np.float32)
+        table = settings.time_model
+        # Table index = (time - d/c - t0 - LO) / STEP + 1/2: the per-hit part time / STEP
+        # is fixed, the per-event part changes with t0 only.
+        time_steps = self.time * np.float32(1.0 / STEP_NS)
+        for _ in range(settings.iterations):
+            distance = self.distance(vertex, work.distance, work.weight)
+            index = np.multiply(distance, np.float32(-INV_C / STEP_NS), out=work.index)
+            index += time_steps
+            index += ((0.5 - LO_NS / STEP_NS) - t0 / STEP_NS)[:, None].astype(np.float32)
+            np.clip(index, 0.0, table.n_bins - 0.5, out=index)
+            np.copyto(work.row, index, casting="unsafe")  # truncation: the nearest bin
+            work.row += row_start
+            slope = table.slope.take(work.row, out=work.slope)
+            delta = _step(inverse, self.score(vertex, slope, distance, work.weight), settings)
+            vertex += delta[:3]
+            t0 += delta[3]
+            step = np.sqrt((delta[:3] ** 2).sum(axis=0))
+        energy = self.energy(vertex, t0, settings, light)
+        return np.vstack([vertex, t0, energy, step])
+
+    def distance(
+        self, vertex: np.ndarray, out: np.ndarray, scratch: np.ndarray | None = None
+    ) -> np.ndarray:
+        """PMT-vertex distances, written into ``out`` (``scratch`` is overwritten)."""
+        x, y, z = (c[:, None] for c in vertex)
+        scratch = np.empty_like(out) if scratch is None else scratch
+        np.multiply(self.px, x, out=out)
+        out += np.multiply(self.py, y, out=scratch)
+        out += np.multiply(self.pz, z, out=scratch)
+        out *= np.float32(-2.0)
+        out += self.r2
+        out += (x * x + y * y + z * z).astype(np.float32)
+        np.maximum(out, np.float32(1.0), out=out)
+        np.sqrt(out, out=out)
+        return out
+
+    def score(
+        self, vertex: np.ndarray, slope: np.ndarray, distance: np.ndarray, weight: np.ndarray
+    ) -> np.ndarray:
+        """Gradient of the log-likelihood in x, y, z, t0 (4 x events)."""
+        np.divide(slope, distance, out=weight)
+        total = weight.sum(axis=1, dtype=np.float64)
+        along = [
+            _row_dot(weight, p) - v * total
+            for p, v in zip((self.px, self.py, self.pz), vertex, strict=True)
+        ]
+        return np.vstack([*(a * INV_C for a in along), -slope.sum(axis=1, dtype=np.float64)])
+
+    def fisher(self, vertex: np.ndarray, info: np.ndarray) -> np.ndarray:
+        """Expected information matrix ``sum info J J^T`` (events x 4 x 4, float64)."""
+        distance = self.distance(vertex, np.empty_like(self.px))
+        scale = np.float32(INV_C) / distance
+        jacobian = [
+            (p - v[:, None]) * scale
+            for p, v in zip((self.px, self.py, self.pz), vertex, strict=True)
+        ]
+        jacobian.append(np.full_like(self.px, -1.0))
+        weighted = [info * j for j in jacobian]
+        matrix = np.empty((len(info), 4, 4))
+        for a in range(4):
+            for b in range(a, 4):
+                matrix[:, a, b] = matrix[:, b, a] = _row_dot(weighted[a], jacobian[b])
+        return matrix
+
+    def start_time(self, vertex: np.ndarray, model: TimeModel) -> np.ndarray:
+        """The peak of each event's residuals ``t - d/c`` less the profile's mode."""
+        n_events = len(vertex[0])
+        n_bins = int(detector.READOUT_WINDOW_NS // RESIDUAL_BIN_NS) + 5
+        residual = self.time - self.distance(vertex, np.empty_like(self.px)) * np.float32(INV_C)
+        bins = np.clip(residual * np.float32(1.0 / RESIDUAL_BIN_NS), 0, n_bins - 1)
+        flat = np.arange(n_events)[:, None] * n_bins + bins.astype(np.int64)
+        histogram = np.bincount(flat[self.valid], minlength=n_events * n_bins)
+        peak = boxed_argmax(histogram.reshape(n_events, n_bins), 5)
+        # The densest 10 ns of the residuals are the densest 10 ns of the profile.
+        peak_ns = (peak + 2.5) * RESIDUAL_BIN_NS
+        return (peak_ns - model.box_centre_ns).astype(np.float32)
+
+    def rows(self, settings: FitSettings) -> tuple[np.ndarray, np.ndarray]:
+        """Each hit's table row offset and Fisher information (padding: the zero row)."""
+        model = settings.time_model
+        single = (self.valid & (self.npe < 1.5)).sum(axis=1)
+        # Dark counts are single photo-electrons spread over the whole window, so the
+        # chance that a single photo-electron hit is dark is their share of those.
+        eta = settings.dark_hits / np.maximum(single, 1.0)
+        rows = model.rows(self.npe, eta[:, None])
+        rows = np.where(self.valid, rows, model.pad_row)
+        return rows * np.int32(model.n_bins), model.info.take(rows)
+
+    def energy(
+        self, vertex: np.ndarray, t0: np.ndarray, settings: FitSettings, light: LightModel
+    ) -> np.ndarray:
+        """Visible energy: in-time charge less the dark share, over the light yield at r."""
+        low, high = ENERGY_WINDOW_NS
+        residual = self.distance(vertex, np.empty_like(self.px))
+        residual *= np.float32(-INV_C)
+        residual += self.time
+        residual -= t0[:, None]
+        in_time = (residual >= low) & (residual < high)
+        charge = np.where(in_time, self.npe, np.float32(0.0)).sum(axis=1, dtype=np.float64)
+        signal = charge - settings.dark_pe_per_ns * (high - low)
+        radius = np.sqrt((vertex.astype(np.float64) ** 2).sum(axis=0))
+        energy: np.ndarray = signal / (detector.PE_PER_MEV * light.yield_ratio(radius))
+        return energy
+
+
+@dataclass
+class _Work:
+    """Work matrices of the fit loop, reused at every step."""
+
+    distance: np.ndarray
+    index: np.ndarray
+    row: np.ndarray
+    slope: np.ndarray
+    weight: np.ndarray
+
+    @classmethod
+    def like(cls, matrix: np.ndarray) -> _Work:
+        def new(dtype: type[np.generic] = np.float32) -> np.ndarray:
+            return np.empty(matrix.shape, dtype=dtype)
+
+        return cls(new(), new(), new(np.int32), new(), new())
+
+
+def _inverse(fisher: np.ndarray) -> np.ndarray:
+    """Inverses of the events' information matrices (events x 4 x 4)."""
+    # A whisker on the diagonal makes an empty event's zero matrix invertible (its steps
+    # are then zero, its score being zero) without a per-event test; it is 1e-12 of any
+    # real event's information.
+    ridge = 1e-12 * np.trace(fisher, axis1=1, axis2=2).max(initial=0.0) + 1e-30
+    return np.linalg.inv(fisher + ridge * np.eye(4))
+
+
+def _step(inverse: np.ndarray, score: np.ndarray, settings: FitSettings) -> np.ndarray:
+    """Scoring steps ``I^-1 score`` (4 x events), bounded in length and time."""
+    delta = np.einsum("eij,je->ie", inverse, score)
+    length = np.sqrt((delta[:3] ** 2).sum(axis=0))
+    delta[:3] *= np.minimum(1.0, settings.max_step_mm / np.maximum(length, 1e-9))
+    delta[3] = np.clip(delta[3], -settings.max_step_ns, settings.max_step_ns)
+    step: np.ndarray = delta.astype(np.float32)
+    return step
+
+
+def _row_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise dot products of two events x hits matrices (a batched BLAS product)."""
+    dots: np.ndarray = (a[:, None, :] @ b[:, :, None])[:, 0, 0].astype(np.float64)
+    return dots
+
+
+def boxed_argmax(histogram: np.ndarray, width: int) -> np.ndarray:
+    """Per row, the first bin of the ``width`` consecutive bins holding the most entries."""
+    cumulative = np.cumsum(histogram, axis=1)
+    boxed = cumulative[:, width - 1 :].copy()
+    boxed[:, 1:] -= cumulative[:, :-width]
+    return np.asarray(np.argmax(boxed, axis=1))
