@@ -51,3 +51,11 @@ NOMINAL_GAIN_ADC_PER_PE = 100.0
 
 TRIGGER_TYPES = {1: "global_trigger", 2: "calib_trigger", 3: "random_trigger"}
 """Trigger type codes stored with each event, and their names in JUNO's file names."""
+
+WAVE_SAMPLES = 23
+"""Digitised samples (1 ns each) the DAQ keeps per fired PMT, from a little before the hit:
+chosen so that a mean raw event is ~60 kB on disk after LZ4, as JUNO's are."""
+
+HOT_DARK_RATE_HZ = 10_000_000.0
+"""Dark-count rate of a hot (noisy) PMT: ten counts per readout window, so it fires in all
+but ~0.005 % of events."""

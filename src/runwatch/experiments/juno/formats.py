@@ -16,6 +16,10 @@ RAW_BRANCHES = {
     "pmt_id": "var * int32",  # fired PMTs, each once per event
     "adc": "var * float32",  # charge, ADC counts
     "tdc": "var * float32",  # first-hit time in the readout window, ns
+    # Digitised waveforms, detector.WAVE_SAMPLES samples (1 ns, ADC counts) per fired PMT
+    # in pmt_id order: most of a raw event's bytes, as at JUNO. No step needs them, so a
+    # step reads only the branches it names (rootio.iterate reads nothing else).
+    "wave": "var * int16",
 }
 
 CALIB_TREE = "calib"
