@@ -1,9 +1,77 @@
-"""Commands of the JUNO plugin (filled in by the work on issue 3)."""
+"""``runwatch juno calib``: the calibration step program.
+
+The pipeline runs them as jobs: a failure is a one-line message on stderr and exit
+status 1, with no output file left behind, so the engine records a failed attempt and
+a retry starts clean. Heavy imports happen inside the commands (see ``cli``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import typer
+
+GEOMETRY_HELP = (
+    "PMT position file (id x y z theta phi); it sets the number of PMTs. Default: JUNO's 17,612."
+)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the ``runwatch juno`` app."""
+    """Add ``calib`` to the ``runwatch juno`` app."""
+    app.command("calib")(calib)
+
+
+def calib(
+    input_path: Path = typer.Argument(..., metavar="INPUT", help="Raw file (*.rtraw)."),
+    output: Path = typer.Argument(
+        ..., metavar="OUTPUT", help="Calibrated file to write (*.calib.root)."
+    ),
+    constants: Path = typer.Option(
+        ..., "--constants", help="Per-PMT constants: CSV pmt_id,gain_adc_per_pe,time_offset_ns."
+    ),
+    geometry: Path | None = typer.Option(None, "--geometry", help=GEOMETRY_HELP),
+) -> None:
+    """Apply each PMT's gain and time offset to a raw file's hits."""
+    from runwatch.experiments.juno import calib as step
+    from runwatch.experiments.juno import formats, rootio
+
+    with _failures_exit():
+        n_pmt = _n_pmt(geometry)
+        with _progress(rootio.count_events(input_path, formats.RAW_TREE)) as advance:
+            result = step.run_calib(input_path, output, constants, n_pmt, progress=advance)
+    typer.echo(f"calib: {result.events} events, {result.hits} hits -> {output}")
+
+
+def _n_pmt(geometry: Path | None) -> int:
+    from runwatch.experiments.juno import detector
+    from runwatch.experiments.juno.geometry import load_geometry
+
+    return detector.N_PMT if geometry is None else load_geometry(geometry).n_pmt
+
+
+@contextmanager
+def _failures_exit() -> Iterator[None]:
+    """Turn an unusable input, constants or geometry file into a message and exit 1."""
+    from runwatch.experiments.juno.constants import ConstantsError
+    from runwatch.experiments.juno.geometry import GeometryError
+    from runwatch.experiments.juno.rootio import InputFileError
+
+    try:
+        yield
+    except (InputFileError, ConstantsError, GeometryError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+@contextmanager
+def _progress(total: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr when it is a terminal; in a batch job's log, nothing."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("events", total=total)
+        yield lambda events: bar.advance(task, events)
