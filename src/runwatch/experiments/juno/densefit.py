@@ -43,8 +43,8 @@ class FitSettings:
     """What the fit needs besides the hits: the time model and the dark-count level."""
 
     time_model: TimeModel
-    dark_hits: float  # expected dark hits (and photo-electrons) in the prompt window
-    dark_pe_per_ns: float  # expected dark photo-electrons per ns in the whole detector
+    n_pmt: int
+    pmt_dark_per_ns: float  # one PMT's dark-count rate
     max_radius_mm: float  # the PMT sphere: a vertex is kept inside it
     iterations: int = 6
     converged_mm: float = 10.0  # the last step is shorter for a converged fit
@@ -186,7 +186,8 @@ class DenseBatch:
         single = (self.valid & (self.npe < 1.5)).sum(axis=1)
         # Dark counts are single photo-electrons spread over the whole window, so the
         # chance that a single photo-electron hit is dark is their share of those.
-        eta = settings.dark_hits / np.maximum(single, 1.0)
+        dark_hits = settings.n_pmt * settings.pmt_dark_per_ns * settings.time_model.window_ns
+        eta = dark_hits / np.maximum(single, 1.0)
         rows = model.rows(self.npe, eta[:, None])
         rows = np.where(self.valid, rows, model.pad_row)
         return rows * np.int32(model.n_bins), model.info.take(rows)
@@ -194,15 +195,30 @@ class DenseBatch:
     def energy(
         self, vertex: np.ndarray, t0: np.ndarray, settings: FitSettings, light: LightModel
     ) -> np.ndarray:
-        """Visible energy: in-time charge less the dark share, over the light yield at r."""
+        """Visible energy: in-time charge less the dark share, over the light yield at r.
+
+        A PMT records its first count's time and all its counts' charge, so dark counts
+        reach the in-time charge two ways: as hits of their own on PMTs without light
+        (rate x window on each), and piled on a fired PMT after its first count (rate x
+        the rest of the readout on each in-time hit). A dark count before the light takes
+        the hit out of time with its light: a loss of rate x (hit time + window start).
+        Left uncorrected these are +2 % and -1 % of the charge at 1 MeV.
+        """
         low, high = ENERGY_WINDOW_NS
         residual = self.distance(vertex, np.empty_like(self.px))
         residual *= np.float32(-INV_C)
         residual += self.time
         residual -= t0[:, None]
         in_time = (residual >= low) & (residual < high)
+        hits = in_time.sum(axis=1)
         charge = np.where(in_time, self.npe, np.float32(0.0)).sum(axis=1, dtype=np.float64)
-        signal = charge - settings.dark_pe_per_ns * (high - low)
+        time = np.where(in_time, self.time, np.float32(0.0)).sum(axis=1, dtype=np.float64)
+        rate = settings.pmt_dark_per_ns
+        dark = rate * (
+            (settings.n_pmt - hits) * (high - low) + hits * detector.READOUT_WINDOW_NS - time
+        )
+        lost = rate * (time / np.maximum(hits, 1) + low)
+        signal = (charge - dark) / (1.0 - np.clip(lost, 0.0, 0.5))
         radius = np.sqrt((vertex.astype(np.float64) ** 2).sum(axis=0))
         energy: np.ndarray = signal / (detector.PE_PER_MEV * light.yield_ratio(radius))
         return energy

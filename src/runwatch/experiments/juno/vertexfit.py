@@ -76,8 +76,8 @@ class Reconstructor:
         self.dark_per_ns = self.n_pmt * detector.DARK_RATE_HZ * 1e-9
         self.settings = FitSettings(
             time_model=TimeModel.build(PROMPT_WINDOW_NS),
-            dark_hits=self.dark_per_ns * PROMPT_WINDOW_NS,
-            dark_pe_per_ns=self.dark_per_ns,
+            n_pmt=self.n_pmt,
+            pmt_dark_per_ns=detector.DARK_RATE_HZ * 1e-9,
             max_radius_mm=pmt_radius,
         )
 
@@ -127,7 +127,7 @@ class Reconstructor:
         ]
         # Dark counts are spread evenly over the PMTs: they add to the charge but, on
         # average, not to the moments, so only the charge needs their share removed.
-        signal = np.maximum(charge - self.settings.dark_hits, 1.0)
+        signal = np.maximum(charge - self.dark_per_ns * PROMPT_WINDOW_NS, 1.0)
         centroid = np.vstack(moments) / signal
         radius = np.sqrt((centroid**2).sum(axis=0))
         scale = self.light.vertex_radius(radius) / np.maximum(radius, 1.0)
