@@ -1,4 +1,4 @@
-"""``runwatch juno calib``: the calibration step program.
+"""``runwatch juno calib|hist``: the calibration and histogram step programs.
 
 The pipeline runs them as jobs: a failure is a one-line message on stderr and exit
 status 1, with no output file left behind, so the engine records a failed attempt and
@@ -19,8 +19,9 @@ GEOMETRY_HELP = (
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``calib`` to the ``runwatch juno`` app."""
+    """Add ``calib`` and ``hist`` to the ``runwatch juno`` app."""
     app.command("calib")(calib)
+    app.command("hist")(hist)
 
 
 def calib(
@@ -42,6 +43,32 @@ def calib(
         with _progress(rootio.count_events(input_path, formats.RAW_TREE)) as advance:
             result = step.run_calib(input_path, output, constants, n_pmt, progress=advance)
     typer.echo(f"calib: {result.events} events, {result.hits} hits -> {output}")
+
+
+def hist(
+    output: Path = typer.Argument(
+        ..., metavar="OUTPUT", help="Histogram file to write (ROOT, TH1D/TH2D)."
+    ),
+    calib_path: Path = typer.Option(
+        ..., "--calib", help="Calibrated file: hit, PMT and trigger histograms."
+    ),
+    rec_path: Path | None = typer.Option(
+        None, "--rec", help="Reconstructed file: vertex and energy histograms (may be sampled)."
+    ),
+    geometry: Path | None = typer.Option(None, "--geometry", help=GEOMETRY_HELP),
+) -> None:
+    """Fill one file's data-quality histograms and write them to ROOT."""
+    from runwatch.experiments.juno import formats, rootio
+    from runwatch.experiments.juno import hist as step
+
+    with _failures_exit():
+        n_pmt = _n_pmt(geometry)
+        total = rootio.count_events(calib_path, formats.CALIB_TREE)
+        if rec_path is not None:
+            total += rootio.count_events(rec_path, formats.REC_TREE)
+        with _progress(total) as advance:
+            result = step.run_hist(calib_path, rec_path, output, n_pmt, progress=advance)
+    typer.echo(f"hist: {result.events} events, {result.rec_events} reconstructed -> {output}")
 
 
 def _n_pmt(geometry: Path | None) -> int:
