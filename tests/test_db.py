@@ -134,3 +134,46 @@ def test_writers_work_without_the_queue_where_its_file_cannot_be_made(tmp_path: 
     record = type("Record", (), {"info": {}})()
     WriterQueue(tmp_path / "runwatch.db.writers").on_connect(None, record)
     assert WriterQueue.FD not in record.info and not WriterQueue.enter(record.info)
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mariadb"])
+def test_a_connection_killed_while_idle_is_replaced_before_use(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without pool_pre_ping, a pooled connection idle longer than PING_AFTER_IDLE_S is
+    pinged at checkout; a dead one is replaced and the caller never sees the error."""
+    from tests.conftest import server_url
+
+    url = server_url(kind)
+    db = Database(url)
+    other = Database(url)
+    backend_id = "pg_backend_pid()" if kind == "postgres" else "connection_id()"
+    kill = "SELECT pg_terminate_backend(:pid)" if kind == "postgres" else "KILL :pid"
+    try:
+        for engine in (db.engine, db.read_engine):
+            with engine.connect() as connection:
+                pid = connection.execute(sa.text(f"SELECT {backend_id}")).scalar()
+            with other.transaction() as tx:
+                tx.execute(sa.text(kill), {"pid": pid})
+            monkeypatch.setattr("runwatch.db.PING_AFTER_IDLE_S", 0.0)
+            with engine.connect() as connection:
+                fresh = connection.execute(sa.text(f"SELECT {backend_id}")).scalar()
+            assert fresh != pid
+            monkeypatch.undo()
+    finally:
+        db.dispose()
+        other.dispose()
+
+
+def test_server_reads_run_in_autocommit_and_writes_in_transactions() -> None:
+    """Reads skip the BEGIN and COMMIT round trips on a server; writes keep transactions."""
+    from tests.conftest import server_url
+
+    db = Database(server_url("postgres"))
+    try:
+        with db.read_connection() as connection:
+            assert connection.connection.dbapi_connection.autocommit is True
+        with db.transaction() as tx:
+            assert tx.connection.dbapi_connection.autocommit is False
+    finally:
+        db.dispose()

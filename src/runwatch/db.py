@@ -37,6 +37,7 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_FAST_WAIT_S = 0.5  # poll for the write lock this long before the busy timeout
 SQLITE_FAST_POLL_S = 0.0003
 READONLY_OPTION = "runwatch_readonly"
+PING_AFTER_IDLE_S = 5.0  # a pooled server connection idle this long is checked before use
 
 
 class Base(DeclarativeBase):
@@ -90,11 +91,39 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             event.listen(engine, "checkin", queue.on_checkin)
             event.listen(engine, "close", queue.on_close)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
     if url.startswith("mysql") or url.startswith("mariadb"):
         # REPEATABLE READ would let a daemon keep reading a stale snapshot inside a tick.
         kwargs.setdefault("isolation_level", "READ COMMITTED")
-    return sa.create_engine(url, **kwargs)
+    engine = sa.create_engine(url, **kwargs)
+    _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Check a pooled connection before use only if it sat idle for a while.
+
+    SQLAlchemy's ``pool_pre_ping`` pings on every checkout: one more round trip to the
+    server per transaction, a fifth of a task's database time. A connection used seconds
+    ago is alive; one that was idle (the server may have restarted since) is pinged, and
+    a dead one replaced. A connection that dies while busy fails its statement, which the
+    daemons retry, and SQLAlchemy then drops the pool's other connections.
+    """
+    last_used = "runwatch_last_used"
+
+    @event.listens_for(engine, "checkin")
+    def _used(_dbapi_conn: Any, record: Any) -> None:
+        if record is not None:
+            record.info[last_used] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _check(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get(last_used)
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE_S:
+            return  # new, or used a moment ago
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:  # whatever the driver raises for a dead connection
+            raise sa.exc.DisconnectionError(f"stale connection: {exc}") from exc
 
 
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -214,8 +243,16 @@ class Database:
         self.url = url
         self.engine = make_engine(url, **engine_kwargs)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.read_engine = self.engine
+        if not url.startswith("sqlite"):
+            # Reads need no transaction on a server at READ COMMITTED, where each
+            # statement sees what is committed anyway; in autocommit they are spared the
+            # BEGIN and COMMIT round trips. (SQLite reads begin no transaction already.)
+            self.read_engine = make_engine(
+                url, **{**engine_kwargs, "isolation_level": "AUTOCOMMIT"}
+            )
         self.readers = sessionmaker(
-            self.engine.execution_options(**{READONLY_OPTION: True}), expire_on_commit=False
+            self.read_engine.execution_options(**{READONLY_OPTION: True}), expire_on_commit=False
         )
 
     @contextmanager
@@ -239,7 +276,7 @@ class Database:
     @contextmanager
     def read_connection(self) -> Iterator[sa.Connection]:
         """A Core connection for reading only (on SQLite it takes no write lock)."""
-        with self.engine.connect() as connection:
+        with self.read_engine.connect() as connection:
             connection = connection.execution_options(**{READONLY_OPTION: True})
             with connection.begin():
                 yield connection
@@ -258,6 +295,7 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        self.read_engine.dispose()
 
 
 def alembic_config(engine: Engine | None = None) -> Any:

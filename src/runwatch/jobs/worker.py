@@ -223,18 +223,18 @@ class Worker:
             if fd is None:
                 return False  # another worker is at it
             try:
-                job_row = claim(self.db, attempt_id, self.host)
+                claimed = claim(self.db, attempt_id, self.host)
             except sa.exc.SQLAlchemyError as exc:
                 log.warning("worker %d: cannot claim attempt %d (%s)", self.index, attempt_id, exc)
                 return False
-            if job_row is None:
+            if claimed is None:
                 return False  # another worker took it, or it was given up
             lock = fd
-            with attempt_log(job_row[2]):
+            with attempt_log(claimed.log_path):
                 run_claimed(
                     self.db,
                     attempt_id,
-                    job_row,
+                    claimed,
                     on_start=lambda pid: note_command(lock, pid),
                     handle_signals=False,
                 )

@@ -31,7 +31,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import sqlalchemy as sa
 
@@ -39,10 +38,10 @@ from runwatch.db import Database, utcnow
 from runwatch.jobs.slots import SLOTS_ENV, slots_from_env, slots_held
 from runwatch.jobs.spec import JobSpec, job_spec
 from runwatch.storage.stage import StageError, stage_in, stage_out
-from runwatch.workflow.models import ATTEMPTS
 from runwatch.workflow.nudge import NUDGE_ENV, nudge
 from runwatch.workflow.service import (
     AttemptOutcome,
+    Claim,
     OutputRecord,
     RetryPolicy,
     claim_attempt,
@@ -87,12 +86,6 @@ class AttemptFiles:
     spec: JobSpec
     workdir: Path
     log_path: Path
-
-
-JobRow = tuple[dict[str, Any], str | None, str | None]  # spec, work directory, log path
-_JOB_OF_ATTEMPT = sa.select(ATTEMPTS.c.spec, ATTEMPTS.c.workdir, ATTEMPTS.c.log_path).where(
-    ATTEMPTS.c.id == sa.bindparam("attempt_id")
-)
 
 
 # -- entry points -------------------------------------------------------------------------
@@ -155,30 +148,27 @@ def run_attempt(db: Database, attempt_id: int, host: str) -> int:
 def _run_attempt(db: Database, attempt_id: int, host: str) -> int:
     """Claim, run and record one attempt (holding its slots, if any)."""
     try:
-        job_row = claim(db, attempt_id, host)
+        claimed = claim(db, attempt_id, host)
     except sa.exc.SQLAlchemyError:
         log.exception("attempt %d: cannot claim it", attempt_id)
         return EXIT_UNRECORDED
-    if job_row is None:
+    if claimed is None:
         log.info("attempt %d was given up; not running", attempt_id)
         return EXIT_OK
-    return run_claimed(db, attempt_id, job_row)
+    return run_claimed(db, attempt_id, claimed)
 
 
-def claim(db: Database, attempt_id: int, host: str) -> JobRow | None:
-    """Take the attempt (SUBMITTED → RUNNING) and read its job, in one transaction; None
+def claim(db: Database, attempt_id: int, host: str) -> Claim | None:
+    """Take the attempt (SUBMITTED → RUNNING) and learn its job, in one transaction; None
     if it is not ours to run (given up, cancelled, or taken by another worker)."""
     with db.transaction() as tx:
-        if not claim_attempt(tx, attempt_id, host, utcnow()):
-            return None
-        row = tx.execute(_JOB_OF_ATTEMPT, {"attempt_id": attempt_id}).one()
-        return (row[0], row[1], row[2])
+        return claim_attempt(tx, attempt_id, host, utcnow())
 
 
 def run_claimed(
     db: Database,
     attempt_id: int,
-    job_row: JobRow,
+    claimed: Claim,
     on_start: Callable[[int], None] | None = None,
     handle_signals: bool = True,
 ) -> int:
@@ -188,22 +178,28 @@ def run_claimed(
     log.info("attempt %d: claimed on %s (pid %d)", attempt_id, socket.gethostname(), os.getpid())
     job = AttemptRun(db, attempt_id, on_start)
     with job.signals_handled() if handle_signals else contextlib.nullcontext():
-        outcome, policy = job.run(job_row)
+        outcome, policy = job.run(claimed)
         job.finishing = True  # a signal now must not interrupt the recording
         if outcome is None:
             log.warning("attempt %d was given up while running; nothing recorded", attempt_id)
             return EXIT_OK
-        return record(db, attempt_id, outcome, policy)
+        return record(db, attempt_id, outcome, policy, claimed)
 
 
-def record(db: Database, attempt_id: int, outcome: AttemptOutcome, policy: RetryPolicy) -> int:
+def record(
+    db: Database,
+    attempt_id: int,
+    outcome: AttemptOutcome,
+    policy: RetryPolicy,
+    claimed: Claim | None = None,
+) -> int:
     """Record the outcome, nudge the scheduler, pick the exit code.
 
     Connection trouble is retried. If a success cannot be recorded for another reason, the
     attempt is recorded as failed with that reason rather than left RUNNING.
     """
     try:
-        recorded = _finish(db, attempt_id, outcome, policy)
+        recorded = _finish(db, attempt_id, outcome, policy, claimed)
     except Exception as exc:
         log.exception("attempt %d: cannot record its outcome", attempt_id)
         if outcome.state is not AttemptState.SUCCEEDED:
@@ -212,7 +208,7 @@ def record(db: Database, attempt_id: int, outcome: AttemptOutcome, policy: Retry
         outcome = replace(outcome, state=AttemptState.FAILED, reason=f"cannot record: {last}")
         outcome = replace(outcome, outputs=())
         try:
-            recorded = _finish(db, attempt_id, outcome, policy)
+            recorded = _finish(db, attempt_id, outcome, policy, claimed)
         except Exception:
             log.exception("attempt %d: cannot record its failure either", attempt_id)
             return EXIT_UNRECORDED
@@ -229,11 +225,17 @@ def record(db: Database, attempt_id: int, outcome: AttemptOutcome, policy: Retry
     return EXIT_OK if outcome.state is AttemptState.SUCCEEDED else EXIT_FAILED
 
 
-def _finish(db: Database, attempt_id: int, outcome: AttemptOutcome, policy: RetryPolicy) -> bool:
+def _finish(
+    db: Database,
+    attempt_id: int,
+    outcome: AttemptOutcome,
+    policy: RetryPolicy,
+    claimed: Claim | None,
+) -> bool:
     for attempt in range(RECORD_RETRIES):
         try:
             with db.transaction() as tx:
-                return finish_attempt(tx, attempt_id, outcome, policy, utcnow())
+                return finish_attempt(tx, attempt_id, outcome, policy, utcnow(), claim=claimed)
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
             if attempt == RECORD_RETRIES - 1:
                 raise
@@ -265,13 +267,12 @@ class AttemptRun:
         self.heartbeat_s = 0.0
         self.next_beat: float | None = None  # monotonic time of the next heartbeat
 
-    def run(self, job_row: JobRow) -> tuple[AttemptOutcome | None, RetryPolicy]:
-        """The outcome to record (None: given up, record nothing) and the retry policy;
-        ``job_row`` is the attempt's spec, work directory and log path."""
+    def run(self, claimed: Claim) -> tuple[AttemptOutcome | None, RetryPolicy]:
+        """The outcome to record (None: given up, record nothing) and the retry policy."""
         policy = RetryPolicy()
         files: AttemptFiles | None = None
         try:
-            files = self.files(job_row)
+            files = self.files(claimed)
             policy = RetryPolicy(**files.spec["retry"])
             with self.watching(float(files.spec["heartbeat_s"])):
                 return self.execute(files), policy
@@ -284,9 +285,9 @@ class AttemptRun:
             last = traceback.format_exception_only(type(exc), exc)[-1].strip()
             return self.failed(f"wrapper error: {last}", files), policy
 
-    def files(self, job_row: JobRow) -> AttemptFiles:
-        spec_data, workdir_text, log_text = job_row
-        spec = job_spec(dict(spec_data))
+    def files(self, claimed: Claim) -> AttemptFiles:
+        workdir_text, log_text = claimed.workdir, claimed.log_path
+        spec = job_spec(dict(claimed.spec))
         default = Path(tempfile.gettempdir()) / f"runwatch-attempt-{self.attempt_id}"
         workdir = Path(workdir_text) if workdir_text else default
         log_path = Path(log_text) if log_text else workdir / "job.log"

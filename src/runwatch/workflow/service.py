@@ -90,19 +90,46 @@ def attempt_transition(
     return _update_if(tx, ATTEMPTS, attempt_id, old, {"state": new, **values})
 
 
-_TASK_OF_ATTEMPT = sa.select(ATTEMPTS.c.task_id).where(ATTEMPTS.c.id == sa.bindparam("attempt_id"))
+@dataclass(frozen=True)
+class Claim:
+    """What a worker learns as it takes an attempt: enough to run it and to record it
+    without reading the database again (each read is a round trip to a database server)."""
+
+    task_id: int
+    number: int  # the attempt's number; the first has no earlier outputs to replace
+    failures: int  # cannot change while the attempt runs: only its own end changes them
+    retries: int
+    spec: dict[str, Any]
+    workdir: str | None
+    log_path: str | None
 
 
-def claim_attempt(tx: Transaction, attempt_id: int, host: str, now: dt.datetime) -> bool:
+_CLAIMABLE = (
+    sa.select(
+        ATTEMPTS.c.task_id,
+        ATTEMPTS.c.number,
+        TASKS.c.failures,
+        TASKS.c.retries,
+        ATTEMPTS.c.spec,
+        ATTEMPTS.c.workdir,
+        ATTEMPTS.c.log_path,
+    )
+    .join(TASKS, TASKS.c.id == ATTEMPTS.c.task_id)
+    .where(ATTEMPTS.c.id == sa.bindparam("attempt_id"))
+)
+
+
+def claim_attempt(tx: Transaction, attempt_id: int, host: str, now: dt.datetime) -> Claim | None:
     """The job wrapper takes its attempt: SUBMITTED → RUNNING for attempt and task.
 
-    False if the scheduler already gave the attempt up (lost, cancelled): the wrapper must
+    None if the scheduler already gave the attempt up (lost, cancelled): the wrapper must
     then do nothing, so that a task is never run by two attempts that both count.
     """
     tx = connection_of(tx)
-    task_id = tx.execute(_TASK_OF_ATTEMPT, {"attempt_id": attempt_id}).scalar()
-    if task_id is None:
-        return False
+    row = tx.execute(_CLAIMABLE, {"attempt_id": attempt_id}).first()
+    if row is None:
+        return None
+    claim = Claim(row[0], row[1], row[2], row[3], row[4], row[5], row[6])
     if not attempt_transition(
         tx,
         attempt_id,
@@ -112,8 +139,10 @@ def claim_attempt(tx: Transaction, attempt_id: int, host: str, now: dt.datetime)
         started_at=now,
         heartbeat_at=now,
     ):
-        return False
-    return transition(tx, task_id, TaskState.SUBMITTED, TaskState.RUNNING, now=now)
+        return None
+    if not transition(tx, claim.task_id, TaskState.SUBMITTED, TaskState.RUNNING, now=now):
+        return None
+    return claim
 
 
 _HEARTBEAT = (
@@ -176,18 +205,23 @@ def finish_attempt(
     policy: RetryPolicy,
     now: dt.datetime,
     expect: AttemptState = AttemptState.RUNNING,
+    claim: Claim | None = None,
 ) -> bool:
     """Close an attempt and move its task on: DONE with its outputs, or a retry after a
     backoff, or FAILED for good when the retries are used up.
 
     False (and nothing changed) if the attempt was not in ``expect`` any more: somebody
-    else already decided its fate.
+    else already decided its fate. The worker that claimed the attempt passes its
+    ``claim``, which spares reading the task again.
     """
     tx = connection_of(tx)
-    row = tx.execute(_RETRIES_OF_ATTEMPT, {"attempt_id": attempt_id}).first()
-    if row is None:
-        return False
-    task = _Retries(row[0], row[1], row[2])
+    if claim is None:
+        row = tx.execute(_RETRIES_OF_ATTEMPT, {"attempt_id": attempt_id}).first()
+        if row is None:
+            return False
+        task = _Retries(row[0], row[1], row[2])
+    else:
+        task = _Retries(claim.task_id, claim.failures, claim.retries)
     values: dict[str, object] = {
         "ended_at": now,
         "reason": outcome.reason,
@@ -203,7 +237,8 @@ def finish_attempt(
         return False
     task_state = TaskState(expect.value)  # SUBMITTED or RUNNING: the task mirrors it
     if outcome.state is AttemptState.SUCCEEDED:
-        _record_outputs(tx, task.task_id, attempt_id, outcome.outputs, now)
+        first = claim is not None and claim.number == 1
+        _record_outputs(tx, task.task_id, attempt_id, outcome.outputs, now, first)
         moved = transition(tx, task.task_id, task_state, TaskState.DONE, now=now, reason=None)
         if moved:
             _release_dependents(tx, task.task_id, now)
@@ -253,10 +288,11 @@ def _record_outputs(
     attempt_id: int,
     outputs: Sequence[OutputRecord],
     now: dt.datetime,
+    first_attempt: bool = False,
 ) -> None:
-    # A re-run replaces the outputs of the task's earlier successful attempt.
     connection = connection_of(tx)
-    connection.execute(_DELETE_OUTPUTS, {"task_id": task_id})
+    if not first_attempt:  # a re-run replaces the outputs of an earlier successful attempt
+        connection.execute(_DELETE_OUTPUTS, {"task_id": task_id})
     if outputs:
         rows: list[dict[str, Any]] = [
             {
@@ -296,11 +332,24 @@ _RELEASABLE = sa.select(DEPENDENCIES.c.task_id).where(
 )
 
 
+_RELEASE = (
+    sa.update(TASKS)
+    .where(
+        TASKS.c.id.in_(sa.bindparam("ids", expanding=True)),
+        TASKS.c.state == TaskState.WAITING,
+    )
+    .values(state=TaskState.READY, updated_at=sa.bindparam("now", type_=TASKS.c.updated_at.type))
+)
+
+
 def _release_dependents(tx: Transaction, task_id: int, now: dt.datetime) -> None:
-    """Make WAITING dependents READY when every task they need is DONE."""
-    releasable = connection_of(tx).execute(_RELEASABLE, {"task_id": task_id}).scalars()
-    for dep_id in list(releasable):
-        transition(tx, dep_id, TaskState.WAITING, TaskState.READY, now=now)
+    """Make WAITING dependents READY when every task they need is DONE: one UPDATE for
+    all of them, each row guarded by its old state like any transition."""
+    connection = connection_of(tx)
+    releasable = list(connection.execute(_RELEASABLE, {"task_id": task_id}).scalars())
+    if releasable:
+        check_transition(TaskState.WAITING, TaskState.READY)
+        connection.execute(_RELEASE, {"ids": releasable, "now": now})
 
 
 def block_dependents(tx: Transaction, task_id: int, now: dt.datetime) -> None:
