@@ -46,8 +46,8 @@ class FitSettings:
     n_pmt: int
     pmt_dark_per_ns: float  # one PMT's dark-count rate
     max_radius_mm: float  # the PMT sphere: a vertex is kept inside it
-    iterations: int = 6
-    converged_mm: float = 10.0  # the last step is shorter for a converged fit
+    iterations: int = 5
+    converged: float = 0.25  # a converged fit's last step, in units of its resolution
     max_step_mm: float = 3000.0
     max_step_ns: float = 30.0
 
@@ -96,7 +96,11 @@ class DenseBatch:
         )
 
     def fit(self, start: np.ndarray, settings: FitSettings, light: LightModel) -> np.ndarray:
-        """x, y, z, t0, energy and the last step's length (mm) per event (6 x events)."""
+        """x, y, z, t0, energy and the last step over the resolution (6 x events).
+
+        The resolution is the expected vertex error from the information matrix: when
+        the last step is a fraction of it, more steps would not change the result.
+        """
         vertex = start.astype(np.float32).copy()
         t0 = self.start_time(vertex, settings.time_model)
         row_start, info = self.rows(settings)
@@ -120,8 +124,9 @@ class DenseBatch:
             vertex += delta[:3]
             t0 += delta[3]
             step = np.sqrt((delta[:3] ** 2).sum(axis=0))
+        resolution = np.sqrt(np.maximum(np.trace(inverse[:, :3, :3], axis1=1, axis2=2), 1e-6))
         energy = self.energy(vertex, t0, settings, light)
-        return np.vstack([vertex, t0, energy, step])
+        return np.vstack([vertex, t0, energy, step / resolution])
 
     def distance(
         self, vertex: np.ndarray, out: np.ndarray, scratch: np.ndarray | None = None

@@ -91,12 +91,7 @@ def measure(
         )  # fmt: skip
         fits.append(reconstructor.fit(calibrated_hits(raw, pmts)))
         truths.append(np.column_stack([truth.x_mm, truth.y_mm, truth.z_mm, truth.energy_mev]))
-    return _compare(_joined(fits), np.vstack(truths), energy_mev, centre)
-
-
-def _joined(fits: Sequence[Fit]) -> Fit:
-    names = Fit.__dataclass_fields__
-    return Fit(**{name: np.concatenate([getattr(f, name) for f in fits]) for name in names})
+    return _compare(Fit.concatenate(fits), np.vstack(truths), energy_mev, centre)
 
 
 def _compare(fit: Fit, truth: np.ndarray, energy_mev: float, centre: bool) -> Quality:
