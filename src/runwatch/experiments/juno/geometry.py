@@ -175,13 +175,13 @@ def _check_ids(path: Path, ids: np.ndarray, order: np.ndarray, numbers: np.ndarr
         raise GeometryError(
             f"{path}, line {again}: duplicate id {ids[repeated[0]]} (also on line {first})"
         )
-    expected = np.arange(len(ids))
-    wrong = np.flatnonzero(ids != expected)
-    if len(wrong):
-        k = int(wrong[0])
+    # N distinct ids all within 0..N-1 are exactly 0..N-1
+    outside = np.flatnonzero((ids < 0) | (ids >= len(ids)))
+    if len(outside):
+        k = int(outside[0])
         raise GeometryError(
-            f"{path}, line {numbers[order[k]]}: ids must be 0..{len(ids) - 1} without gaps; "
-            f"id {expected[k]} is missing (found {ids[k]})"
+            f"{path}, line {numbers[order[k]]}: id {ids[k]} is outside 0..{len(ids) - 1} "
+            f"(ids must number the file's {len(ids)} PMTs without gaps)"
         )
 
 

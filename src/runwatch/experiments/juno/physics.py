@@ -341,64 +341,73 @@ def _hits(
 ) -> tuple[_Hits, np.ndarray]:
     """Every fired (event, PMT) with its first time and charge; signal PEs per event."""
     n_events, n_pmt = len(truth), geometry.n_pmt
+    light = _Light(geometry, pmt_truth)
     scale = truth.energy_mev * (detector.PE_PER_MEV / centre_normalisation(geometry))
     vertex = np.column_stack([truth.x_mm, truth.y_mm, truth.z_mm]).astype(np.float32)
-    dark = (pmt_truth.dark_rate_hz * detector.READOUT_WINDOW_NS * 1e-9).astype(np.float32)
-    alive = (~pmt_truth.dead).astype(np.float32)
     batches = [slice(i, i + SIGNAL_BATCH) for i in range(0, n_events, SIGNAL_BATCH)]
-    parts = [
-        _fired_batch(rng, geometry, alive, dark, scale[b], vertex[b], b.start) for b in batches
-    ]
+    parts = [light.fired(rng, scale[b], vertex[b], b.start) for b in batches]
     if not parts:
         empty = np.zeros(0, dtype=np.int64)
         return _Hits(empty, empty.astype(np.float32), empty.astype(np.float32)), empty
-    key, k, mean, d = (np.concatenate(column) for column in zip(*parts, strict=True))
-    event = key // n_pmt
+    event, pmt, k, mean, d = (np.concatenate(column) for column in zip(*parts, strict=True))
     arrival = truth.t0_ns[event] + d * np.float32(1.0 / detector.LIGHT_SPEED_MM_PER_NS)
     # Each count is a dark count with probability dark / (signal + dark mean).
-    dark_fraction = dark[key % n_pmt] / mean
+    dark_fraction = light.dark[pmt] / mean
     time, charge, signal_pe = _first_times_and_charges(rng, k, arrival, dark_fraction)
     n_pe = np.bincount(event, weights=signal_pe, minlength=n_events).astype(np.int64)
-    return _Hits(key, time, charge), n_pe
+    return _Hits(event * n_pmt + pmt, time, charge), n_pe
 
 
-def _fired_batch(
-    rng: np.random.Generator,
-    geometry: Geometry,
-    alive: np.ndarray,
-    dark: np.ndarray,
-    scale: np.ndarray,
-    vertex: np.ndarray,
-    first: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Fired (event, PMT) keys, counts (signal and dark), mean counts and distances."""
-    radius = geometry.radius_mm.astype(np.float32)
-    # u.v for every (event, PMT) pair: one matrix product instead of a loop
-    dot = vertex @ geometry.unit.T.astype(np.float32)
-    d2 = dot * (-2.0 * radius)
-    d2 += radius * radius
-    d2 += np.einsum("ij,ij->i", vertex, vertex)[:, None]
-    d = np.sqrt(d2)
-    # cos(incidence) / d^2 = (R - u.v) / d^3, since the PMT faces the centre
-    np.subtract(radius, dot, out=dot)
-    d2 *= d
-    dot /= d2
-    mean = np.multiply(d, np.float32(-1.0 / detector.ATTENUATION_LENGTH_MM), out=d2)
-    np.exp(mean, out=mean)
-    mean *= dot
-    mean *= scale.astype(np.float32)[:, None]
-    mean *= alive  # dead PMTs see no light (and have no dark counts)
-    mean += dark  # signal and dark counts: one Poisson process of the summed rate
-    # P(fired) = 1 - exp(-mean); 16 random bits per pair (to 2^-16) are 20x cheaper than
-    # a float per pair, and this is the one random number drawn for every pair.
-    threshold = np.expm1(-mean, out=dot)
-    threshold *= np.float32(-65536.0)
-    bits = rng.bit_generator.random_raw(-(-mean.size // 4)).view(np.uint16)[: mean.size]
-    fired = np.flatnonzero(bits < threshold.ravel())
-    mean_fired = mean.ravel()[fired].astype(np.float64)
-    k = _zero_truncated_poisson(rng, mean_fired)
-    key = fired.astype(np.int64) + first * geometry.n_pmt
-    return key, k, mean_fired.astype(np.float32), d.ravel()[fired]
+class _Light:
+    """Mean counts (light and dark) of every (event, PMT) pair, and which pairs fired.
+
+    Works in float32 on three scratch arrays of SIGNAL_BATCH x N_PMT reused from batch to
+    batch: fresh arrays each time would cost page faults and cache misses.
+    """
+
+    def __init__(self, geometry: Geometry, pmt_truth: PmtTruth) -> None:
+        self.n_pmt = geometry.n_pmt
+        self.radius = geometry.radius_mm.astype(np.float32)
+        self.radius2 = self.radius * self.radius
+        self.minus_2r = -2.0 * self.radius
+        self.unit_t = np.ascontiguousarray(geometry.unit.T, dtype=np.float32)
+        window_s = detector.READOUT_WINDOW_NS * 1e-9
+        self.dark = (pmt_truth.dark_rate_hz * window_s).astype(np.float32)
+        self.alive = (~pmt_truth.dead).astype(np.float32)
+        shape = (SIGNAL_BATCH, self.n_pmt)
+        self.scratch = [np.empty(shape, dtype=np.float32) for _ in range(3)]
+
+    def fired(
+        self, rng: np.random.Generator, scale: np.ndarray, vertex: np.ndarray, first: int
+    ) -> tuple[np.ndarray, ...]:
+        """Event index, PMT id, counts, mean count and distance of each fired pair."""
+        dot, d2, d = (array[: len(vertex)] for array in self.scratch)
+        np.matmul(vertex, self.unit_t, out=dot)  # u.v of every pair at once
+        np.multiply(dot, self.minus_2r, out=d2)
+        d2 += self.radius2
+        d2 += np.einsum("ij,ij->i", vertex, vertex)[:, None]
+        np.sqrt(d2, out=d)
+        # cos(incidence) / d^2 = (R - u.v) / d^3, since the PMT faces the centre
+        np.subtract(self.radius, dot, out=dot)
+        d2 *= d
+        dot /= d2
+        mean = np.multiply(d, np.float32(-1.0 / detector.ATTENUATION_LENGTH_MM), out=d2)
+        np.exp(mean, out=mean)
+        mean *= dot
+        mean *= scale.astype(np.float32)[:, None]
+        mean *= self.alive  # dead PMTs see no light (and have no dark counts)
+        mean += self.dark  # light and dark counts: one Poisson process of the summed rate
+        # P(fired) = 1 - exp(-mean); 16 random bits per pair (to 2^-16) are 20x cheaper
+        # than a float, and this is the one random number drawn for every pair.
+        threshold = np.negative(mean, out=dot)
+        np.expm1(threshold, out=threshold)
+        threshold *= np.float32(-65536.0)
+        bits = rng.bit_generator.random_raw(-(-mean.size // 4)).view(np.uint16)
+        fired = np.flatnonzero(bits[: mean.size] < threshold.ravel())
+        mean_fired = mean.ravel()[fired]
+        k = _zero_truncated_poisson(rng, mean_fired.astype(np.float64))
+        event, pmt = np.divmod(fired, self.n_pmt)
+        return event + first, pmt, k, mean_fired, d.ravel()[fired]
 
 
 def _zero_truncated_poisson(rng: np.random.Generator, mean: np.ndarray) -> np.ndarray:
@@ -465,12 +474,13 @@ def _count_times(
     """
     u = rng.random(len(arrival), dtype=np.float32)
     dark = u < dark_fraction
-    light = (u - dark_fraction) / (1 - dark_fraction)
+    light = np.divide(u - dark_fraction, 1 - dark_fraction, out=np.zeros_like(u), where=~dark)
     tau = np.where(light < detector.SCINTILLATION_WEIGHTS[0], *_TAU_NS)
     time = tau * rng.standard_exponential(len(u), dtype=np.float32)
     time += arrival
     time += np.float32(detector.TTS_SIGMA_NS) * rng.standard_normal(len(u), dtype=np.float32)
-    dark_time = u / dark_fraction * np.float32(detector.READOUT_WINDOW_NS)
+    dark_time = np.divide(u, dark_fraction, out=np.zeros_like(u), where=dark)
+    dark_time *= np.float32(detector.READOUT_WINDOW_NS)
     return np.where(dark, dark_time, time), dark
 
 
