@@ -16,7 +16,8 @@ The hot loop writes into preallocated work matrices: allocating fresh ones each 
 costs more than the arithmetic (the allocator maps new pages for large arrays). Distances
 come from ``|p|^2 - 2 p.v + |v|^2``, which needs no ``p - v`` matrices (float32 loses
 0.01 mm in that form at JUNO's scale), and the score's ``sum w (p - v)`` is
-``sum w p - v sum w``.
+``sum w p - v sum w``; ``p.v`` and ``sum w p`` are batched BLAS products on the
+events x hits x 3 positions.
 """
 
 from __future__ import annotations
@@ -56,9 +57,7 @@ class FitSettings:
 class DenseBatch:
     """One batch's hits as events x hits float32 matrices (see the module docstring)."""
 
-    px: np.ndarray
-    py: np.ndarray
-    pz: np.ndarray
+    position: np.ndarray  # events x hits x 3: the hit PMTs' positions
     r2: np.ndarray  # |p|^2
     time: np.ndarray
     npe: np.ndarray
@@ -68,7 +67,10 @@ class DenseBatch:
     def gather(
         cls, pmt_xyz: np.ndarray, hits: Any, starts: np.ndarray, counts: np.ndarray
     ) -> DenseBatch:
-        """The hits ``starts[i]:starts[i] + counts[i]`` of ``hits`` (flat), padded."""
+        """The hits ``starts[i]:starts[i] + counts[i]`` of ``hits`` (flat), padded.
+
+        ``pmt_xyz`` is the PMTs' positions, PMTs x 3 (float32).
+        """
         width = max(int(counts.max(initial=0)), 1)
         column = np.arange(width)
         valid = column[None, :] < counts[:, None]
@@ -84,12 +86,10 @@ class DenseBatch:
                 np.zeros(valid.shape, np.int32),
                 *np.zeros((2, *valid.shape), np.float32),
             )
-        px, py, pz = pmt_xyz[0].take(pmt), pmt_xyz[1].take(pmt), pmt_xyz[2].take(pmt)
+        position = pmt_xyz.take(pmt, axis=0)
         return cls(
-            px=px,
-            py=py,
-            pz=pz,
-            r2=px * px + py * py + pz * pz,
+            position=position,
+            r2=np.einsum("ehk,ehk->eh", position, position),
             time=np.where(valid, time, np.float32(-1e4)),
             npe=np.where(valid, npe, np.float32(0.0)),
             valid=valid,
@@ -105,14 +105,14 @@ class DenseBatch:
         t0 = self.start_time(vertex, settings.time_model)
         row_start, info = self.rows(settings)
         inverse = _inverse(self.fisher(vertex, info))
-        work = _Work.like(self.px)
+        work = _Work.like(self.r2)
         step = np.full(len(t0), np.inf, dtype=np.float32)
         table = settings.time_model
         # Table index = (time - d/c - t0 - LO) / STEP + 1/2: the per-hit part time / STEP
         # is fixed, the per-event part changes with t0 only.
         time_steps = self.time * np.float32(1.0 / STEP_NS)
         for _ in range(settings.iterations):
-            distance = self.distance(vertex, work.distance, work.weight)
+            distance = self.distance(vertex, work.distance)
             index = np.multiply(distance, np.float32(-INV_C / STEP_NS), out=work.index)
             index += time_steps
             index += ((0.5 - LO_NS / STEP_NS) - t0 / STEP_NS)[:, None].astype(np.float32)
@@ -128,18 +128,13 @@ class DenseBatch:
         energy = self.energy(vertex, t0, settings, light)
         return np.vstack([vertex, t0, energy, step / resolution])
 
-    def distance(
-        self, vertex: np.ndarray, out: np.ndarray, scratch: np.ndarray | None = None
-    ) -> np.ndarray:
-        """PMT-vertex distances, written into ``out`` (``scratch`` is overwritten)."""
-        x, y, z = (c[:, None] for c in vertex)
-        scratch = np.empty_like(out) if scratch is None else scratch
-        np.multiply(self.px, x, out=out)
-        out += np.multiply(self.py, y, out=scratch)
-        out += np.multiply(self.pz, z, out=scratch)
-        out *= np.float32(-2.0)
+    def distance(self, vertex: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """PMT-vertex distances (events x hits), written into ``out`` if given."""
+        out = np.empty_like(self.r2) if out is None else out
+        # |p - v|^2 = |p|^2 - 2 p.v + |v|^2, p.v as one batched matrix-vector product
+        np.matmul(self.position, (vertex.T * np.float32(-2.0))[:, :, None], out=out[:, :, None])
         out += self.r2
-        out += (x * x + y * y + z * z).astype(np.float32)
+        out += (vertex.astype(np.float32) ** 2).sum(axis=0)[:, None]
         np.maximum(out, np.float32(1.0), out=out)
         np.sqrt(out, out=out)
         return out
@@ -150,21 +145,15 @@ class DenseBatch:
         """Gradient of the log-likelihood in x, y, z, t0 (4 x events)."""
         np.divide(slope, distance, out=weight)
         total = weight.sum(axis=1, dtype=np.float64)
-        along = [
-            _row_dot(weight, p) - v * total
-            for p, v in zip((self.px, self.py, self.pz), vertex, strict=True)
-        ]
-        return np.vstack([*(a * INV_C for a in along), -slope.sum(axis=1, dtype=np.float64)])
+        # sum w (p - v) = sum w p - v sum w, sum w p as one batched product
+        along = (weight[:, None, :] @ self.position)[:, 0, :].T - vertex * total
+        return np.vstack([along * INV_C, -slope.sum(axis=1, dtype=np.float64)])
 
     def fisher(self, vertex: np.ndarray, info: np.ndarray) -> np.ndarray:
         """Expected information matrix ``sum info J J^T`` (events x 4 x 4, float64)."""
-        distance = self.distance(vertex, np.empty_like(self.px))
-        scale = np.float32(INV_C) / distance
-        jacobian = [
-            (p - v[:, None]) * scale
-            for p, v in zip((self.px, self.py, self.pz), vertex, strict=True)
-        ]
-        jacobian.append(np.full_like(self.px, -1.0))
+        scale = np.float32(INV_C) / self.distance(vertex)
+        jacobian = [(self.position[:, :, k] - vertex[k][:, None]) * scale for k in range(3)]
+        jacobian.append(np.full_like(scale, -1.0))
         weighted = [info * j for j in jacobian]
         matrix = np.empty((len(info), 4, 4))
         for a in range(4):
@@ -176,7 +165,7 @@ class DenseBatch:
         """The peak of each event's residuals ``t - d/c`` less the profile's mode."""
         n_events = len(vertex[0])
         n_bins = int(detector.READOUT_WINDOW_NS // RESIDUAL_BIN_NS) + 5
-        residual = self.time - self.distance(vertex, np.empty_like(self.px)) * np.float32(INV_C)
+        residual = self.time - self.distance(vertex) * np.float32(INV_C)
         bins = np.clip(residual * np.float32(1.0 / RESIDUAL_BIN_NS), 0, n_bins - 1)
         flat = np.arange(n_events)[:, None] * n_bins + bins.astype(np.int64)
         histogram = np.bincount(flat[self.valid], minlength=n_events * n_bins)
@@ -210,7 +199,7 @@ class DenseBatch:
         Left uncorrected these are +2 % and -1 % of the charge at 1 MeV.
         """
         low, high = ENERGY_WINDOW_NS
-        residual = self.distance(vertex, np.empty_like(self.px))
+        residual = self.distance(vertex)
         residual *= np.float32(-INV_C)
         residual += self.time
         residual -= t0[:, None]

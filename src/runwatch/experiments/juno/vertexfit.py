@@ -81,7 +81,7 @@ class Reconstructor:
 
     def __init__(self, positions: np.ndarray) -> None:
         self.n_pmt = len(positions)
-        self.pmt_xyz = np.ascontiguousarray(positions.T, dtype=np.float32)
+        self.pmt_xyz = np.ascontiguousarray(positions, dtype=np.float32)  # PMTs x 3
         pmt_radius = float(np.median(np.linalg.norm(positions, axis=1)))
         self.light = LightModel.build(positions, pmt_radius - 200.0)
         self.dark_per_ns = self.n_pmt * detector.DARK_RATE_HZ * 1e-9
@@ -147,7 +147,7 @@ class Reconstructor:
         charge = _per_event_sum(window.npe, window.counts)
         moments = [
             _per_event_sum(axis.take(window.pmt_id) * window.npe, window.counts)
-            for axis in self.pmt_xyz
+            for axis in self.pmt_xyz.T
         ]
         # Dark counts are spread evenly over the PMTs: they add to the charge but, on
         # average, not to the moments, so only the charge needs their share removed.
