@@ -11,6 +11,7 @@ from runwatch.db import Database, utcnow
 from runwatch.workflow import planner
 from runwatch.workflow.models import Task, TaskDependency
 from runwatch.workflow.revisions import PipelineFolder, RevisionCache, record_revisions
+from runwatch.workflow.service import transition_each
 from runwatch.workflow.states import TaskState
 from tests.workflow.engine import CHAIN, announce_run
 
@@ -62,3 +63,32 @@ def test_no_merge_before_the_run_ends_unless_batched(db: Database, tmp_path: Pat
         batches = s.scalars(sa.select(Task).where(Task.step == "merge")).all()
         assert sorted(b.batch or 0 for b in batches) == [1, 2]
         assert all(b.state is TaskState.READY and not b.final for b in batches)
+
+
+def test_a_batch_of_transitions_moves_only_the_tasks_still_in_the_old_state(
+    any_db: Database, tmp_path: Path
+) -> None:
+    """transition_each: one batch, each row guarded; a task moved meanwhile stays put."""
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "chain.yaml").write_text(CHAIN)
+    announce_run(any_db, tmp_path / "raw", 1, 4)
+    plan(any_db, tmp_path / "p")
+    with any_db.session() as s:
+        ready = sorted(s.scalars(sa.select(Task.id).where(Task.state == TaskState.READY)))
+        cancelled = ready[1]
+        s.execute(sa.update(Task).where(Task.id == cancelled).values(state=TaskState.CANCELLED))
+    now = utcnow()
+    with any_db.transaction() as tx:
+        moved = transition_each(
+            tx,
+            [(task_id, {"inputs": [f"file:///in/{task_id}"]}) for task_id in ready],
+            TaskState.READY,
+            TaskState.SUBMITTED,
+            now,
+        )
+    assert moved == set(ready) - {cancelled}
+    with any_db.session() as s:
+        rows = {t.id: t for t in s.scalars(sa.select(Task).where(Task.id.in_(ready)))}
+    assert rows[cancelled].state is TaskState.CANCELLED
+    assert all(rows[i].state is TaskState.SUBMITTED for i in moved)
+    assert all(rows[i].inputs == [f"file:///in/{i}"] for i in moved)

@@ -2,7 +2,7 @@
 
 The scheduler renders every job it submits, so what rendering needs of the database is
 read with few Core queries: one for the READY tasks with their run and file
-(``ready_tasks``), one for the inputs of each task that needs others (``task_inputs``).
+(``ready_tasks``), one for the inputs of all of them that need others (``task_inputs``).
 """
 
 from __future__ import annotations
@@ -151,22 +151,32 @@ def _ready_task(row: sa.Row[Any]) -> ReadyTask:
 
 
 _NEEDED_OUTPUTS = (
-    sa.select(OUTPUTS.c.url)
+    sa.select(DEPENDENCIES.c.task_id, OUTPUTS.c.url)
     .join(TASKS, TASKS.c.id == OUTPUTS.c.task_id)
     .join(DEPENDENCIES, DEPENDENCIES.c.needs_id == TASKS.c.id)
     .outerjoin(FILES, FILES.c.id == TASKS.c.file_id)
-    .where(DEPENDENCIES.c.task_id == sa.bindparam("task_id"))
-    .order_by(FILES.c.sequence, FILES.c.id, TASKS.c.id, OUTPUTS.c.name)
+    .where(DEPENDENCIES.c.task_id.in_(sa.bindparam("task_ids", expanding=True)))
+    .order_by(DEPENDENCIES.c.task_id, FILES.c.sequence, FILES.c.id, TASKS.c.id, OUTPUTS.c.name)
 )
 
 
-def task_inputs(connection: sa.Connection, task: ReadyTask) -> list[str]:
-    """Input URLs: the raw file for a first step, else the outputs of the tasks it needs,
-    in file order, then step, then output name (stable, so a rerun sees the same list)."""
-    if task.scope == "file" and not task.has_needs:
-        assert task.file is not None
-        return [task.file["url"]]
-    return list(connection.execute(_NEEDED_OUTPUTS, {"task_id": task.id}).scalars())
+def task_inputs(connection: sa.Connection, tasks: Sequence[ReadyTask]) -> dict[int, list[str]]:
+    """Input URLs of each task, by task id: the raw file for a first step, else the
+    outputs of the tasks it needs, in file order, then step, then output name (stable,
+    so a rerun sees the same list). One query for all the tasks."""
+    inputs: dict[int, list[str]] = {}
+    needing = []
+    for task in tasks:
+        if task.scope == "file" and not task.has_needs:
+            assert task.file is not None
+            inputs[task.id] = [task.file["url"]]
+        else:
+            inputs[task.id] = []
+            needing.append(task.id)
+    if needing:
+        for task_id, url in connection.execute(_NEEDED_OUTPUTS, {"task_ids": needing}):
+            inputs[task_id].append(url)
+    return inputs
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,13 @@ from runwatch.ingest.models import MESSAGES
 from runwatch.workflow import lease, planner
 from runwatch.workflow.models import ATTEMPTS, TASKS, Attempt, Task
 from runwatch.workflow.nudge import NUDGE_ENV, NudgeListener, socket_path
-from runwatch.workflow.render import ReadyTask, ready_tasks, render_job, task_inputs
+from runwatch.workflow.render import (
+    ReadyTask,
+    RenderedJob,
+    ready_tasks,
+    render_job,
+    task_inputs,
+)
 from runwatch.workflow.revisions import (
     PipelineBook,
     PipelineFolder,
@@ -41,6 +47,7 @@ from runwatch.workflow.service import (
     block_dependents,
     finish_attempt,
     transition,
+    transition_each,
 )
 from runwatch.workflow.states import ATTEMPT_OPEN, AttemptState, TaskState
 from runwatch.workflow.supervise import Limits, OpenAttempt, judge
@@ -168,7 +175,7 @@ class Scheduler:
             return 0
         with self.db.transaction() as tx:
             chosen = self._choose(tx, free)
-            prepared = [job for task in chosen if (job := self._prepare(tx, task))]
+            prepared = self._prepare(tx, chosen)
         if not prepared:
             return 0
         try:
@@ -221,42 +228,62 @@ class Scheduler:
         self._room = max(free, 0)
         return chosen
 
-    def _prepare(self, tx: sa.Connection, task: ReadyTask) -> tuple[int, JobRequest] | None:
+    def _prepare(
+        self, tx: sa.Connection, chosen: Sequence[ReadyTask]
+    ) -> list[tuple[int, JobRequest]]:
+        """Render the chosen tasks' jobs, mark them SUBMITTED and make their attempts,
+        in batches (a few round trips for the lot, not a few per task)."""
         now = self.clock()
-        try:
-            pipeline = self.revisions.get(tx, task.revision_id)
-            inputs = task_inputs(tx, task)
-            job = render_job(task, inputs, pipeline, self.settings)
-        except (TemplateError, KeyError, LookupError) as exc:
-            if transition(
-                tx,
-                task.id,
-                TaskState.READY,
-                TaskState.FAILED,
-                now=now,
-                reason=f"cannot render the job: {exc}",
-            ):
-                block_dependents(tx, task.id, now)
-            return None
-        ready, submitted = TaskState.READY, TaskState.SUBMITTED
-        if not transition(tx, task.id, ready, submitted, now=now, inputs=inputs):
-            return None
-        inserted = tx.execute(
-            _NEW_ATTEMPT,
-            {
-                "task_id": task.id,
-                "number": task.next_attempt,
-                "state": AttemptState.SUBMITTED,
-                "executor": self.executor.name,
-                "submitted_at": now,
-                "spec": dict(job.spec),
-                "command": job.spec["command"],
-                "workdir": job.workdir,
-                "log_path": job.log_path,
-            },
+        inputs = task_inputs(tx, chosen)
+        rendered: list[tuple[ReadyTask, RenderedJob]] = []
+        for task in chosen:
+            try:
+                pipeline = self.revisions.get(tx, task.revision_id)
+                rendered.append((task, render_job(task, inputs[task.id], pipeline, self.settings)))
+            except (TemplateError, KeyError, LookupError) as exc:
+                reason = f"cannot render the job: {exc}"
+                if transition(
+                    tx, task.id, TaskState.READY, TaskState.FAILED, now=now, reason=reason
+                ):
+                    block_dependents(tx, task.id, now)
+        moved = transition_each(
+            tx,
+            [(task.id, {"inputs": inputs[task.id]}) for task, _ in rendered],
+            TaskState.READY,
+            TaskState.SUBMITTED,
+            now,
         )
-        attempt_id = int(inserted.inserted_primary_key[0])  # type: ignore[index]
-        request = JobRequest(
+        rendered = [(task, job) for task, job in rendered if task.id in moved]
+        if not rendered:
+            return []
+        attempt_ids = (
+            tx.execute(
+                _NEW_ATTEMPT.returning(ATTEMPTS.c.id, sort_by_parameter_order=True),
+                [self._attempt_row(task, job, now) for task, job in rendered],
+            )
+            .scalars()
+            .all()
+        )
+        return [
+            (attempt_id, self._request(attempt_id, task, job))
+            for attempt_id, (task, job) in zip(attempt_ids, rendered, strict=True)
+        ]
+
+    def _attempt_row(self, task: ReadyTask, job: RenderedJob, now: dt.datetime) -> dict[str, Any]:
+        return {
+            "task_id": task.id,
+            "number": task.next_attempt,
+            "state": AttemptState.SUBMITTED,
+            "executor": self.executor.name,
+            "submitted_at": now,
+            "spec": dict(job.spec),
+            "command": job.spec["command"],
+            "workdir": job.workdir,
+            "log_path": job.log_path,
+        }
+
+    def _request(self, attempt_id: int, task: ReadyTask, job: RenderedJob) -> JobRequest:
+        return JobRequest(
             attempt_id=attempt_id,
             task_key=task.key,
             threads=task.threads,
@@ -270,7 +297,6 @@ class Scheduler:
                 NUDGE_ENV: socket_path(self.settings.work_root),
             },
         )
-        return attempt_id, request
 
     def _fail_submission(self, attempt_ids: Sequence[int], reason: str) -> None:
         outcome = AttemptOutcome(state=AttemptState.FAILED, reason=reason)

@@ -90,6 +90,50 @@ def attempt_transition(
     return _update_if(tx, ATTEMPTS, attempt_id, old, {"state": new, **values})
 
 
+def transition_each(
+    tx: Transaction,
+    changes: Sequence[tuple[int, Mapping[str, object]]],
+    old: TaskState,
+    new: TaskState,
+    now: dt.datetime,
+) -> set[int]:
+    """Move many tasks from ``old`` to ``new``, each with its own values; the ids moved.
+
+    Each row is still guarded by its old state, but the UPDATEs go in one batch (one
+    round trip on PostgreSQL) where the driver reports the rows a batch changed. If a
+    guard held back some rows, the moved ones are those now in ``new`` with this
+    ``updated_at`` (``now`` is this caller's own time stamp).
+    """
+    check_transition(old, new)
+    connection = connection_of(tx)
+    if len(changes) < 2 or not connection.dialect.supports_sane_multi_rowcount:
+        return {
+            task_id
+            for task_id, values in changes
+            if transition(tx, task_id, old, new, now=now, **values)
+        }
+    base = {"state": new, "updated_at": now}
+    if new in ENDED:
+        base["finished_at"] = now
+    columns = tuple(sorted({*base, *changes[0][1]}))
+    rows = [
+        {
+            "row_id": task_id,
+            "old_state": old,
+            **{f"set_{k}": v for k, v in {**base, **values}.items()},
+        }
+        for task_id, values in changes
+    ]
+    result = connection.execute(_guarded_update(TASKS, columns), rows)
+    ids = [task_id for task_id, _ in changes]
+    if result.rowcount == len(ids):
+        return set(ids)
+    moved = sa.select(TASKS.c.id).where(
+        TASKS.c.id.in_(ids), TASKS.c.state == new, TASKS.c.updated_at == now
+    )
+    return set(connection.execute(moved).scalars())
+
+
 @dataclass(frozen=True)
 class Claim:
     """What a worker learns as it takes an attempt: enough to run it and to record it
