@@ -64,55 +64,66 @@ _INSERT_DEPENDENCY = sa.insert(DEPENDENCIES)
 
 def plan_new_files(tx: Transaction, book: PipelineBook, now: dt.datetime, limit: int = 500) -> int:
     """Make the file-scoped tasks of files not planned yet; returns tasks made. Core
-    statements: a burst of files (a hundred at once) is planned in one tick."""
+    statements in batches: a burst of files (a hundred at once) is planned in one tick
+    with one INSERT of all their tasks and one of all their dependencies."""
     connection = connection_of(tx)
     files = connection.execute(_UNPLANNED, {"limit": limit}).all()
-    made = 0
+    if not files:
+        return 0
+    rows: list[dict[str, object]] = []
+    needs: list[list[int]] = []  # for each row, the rows (by index) it needs
     for file_id, run_id, stream, taken_at, _ in files:
         for revision_id, pipeline in book.for_stream(stream):
-            made += _plan_file(connection, file_id, run_id, taken_at, revision_id, pipeline, now)
-    if files:
-        connection.execute(_MARK_PLANNED, [{"file_id": f[0], "now": now} for f in files])
+            _plan_file(rows, needs, file_id, run_id, taken_at, revision_id, pipeline, now)
+    if rows:
+        returning = _INSERT_TASK.returning(TASKS.c.id, sort_by_parameter_order=True)
+        ids = connection.execute(returning, rows).scalars().all()
+        dependencies = [
+            {"task_id": ids[row], "needs_id": ids[needed]}
+            for row, needed_rows in enumerate(needs)
+            for needed in needed_rows
+        ]
+        if dependencies:
+            connection.execute(_INSERT_DEPENDENCY, dependencies)
+    connection.execute(_MARK_PLANNED, [{"file_id": f[0], "now": now} for f in files])
     for run_id in {f[1] for f in files if f[4] not in ACTIVE_RUN}:
         connection.execute(_REOPEN_RUN, {"run_id": run_id})  # a late file reopens a run
-    return made
+    return len(rows)
 
 
 def _plan_file(
-    connection: sa.Connection,
+    rows: list[dict[str, object]],
+    needs: list[list[int]],
     file_id: int,
     run_id: int,
     taken_at: dt.datetime,
     revision_id: int,
     pipeline: Pipeline,
     now: dt.datetime,
-) -> int:
-    made: dict[str, int] = {}
+) -> None:
+    """Add the rows of one file's tasks under one pipeline (and what each needs)."""
+    made: dict[str, int] = {}  # step → its row's index
     for step in pipeline.steps.values():
         if step.scope != "file":
             continue
-        needs = [made[name] for name in step.needs]
-        values = _task_values(
-            pipeline,
-            step,
-            revision_id,
-            now,
-            key=file_task_key(pipeline.name, step.name, file_id),
-            run_id=run_id,
-            file_id=file_id,
-            batch=None,
-            final=True,
-            priority_at=taken_at,
-            state=TaskState.WAITING if needs else TaskState.READY,
-        )
-        inserted = connection.execute(_INSERT_TASK, values)
-        task_id = int(inserted.inserted_primary_key[0])  # type: ignore[index]
-        if needs:
-            connection.execute(
-                _INSERT_DEPENDENCY, [{"task_id": task_id, "needs_id": n} for n in needs]
+        needed = [made[name] for name in step.needs]
+        made[step.name] = len(rows)
+        needs.append(needed)
+        rows.append(
+            _task_values(
+                pipeline,
+                step,
+                revision_id,
+                now,
+                key=file_task_key(pipeline.name, step.name, file_id),
+                run_id=run_id,
+                file_id=file_id,
+                batch=None,
+                final=True,
+                priority_at=taken_at,
+                state=TaskState.WAITING if needed else TaskState.READY,
             )
-        made[step.name] = task_id
-    return len(made)
+        )
 
 
 def _task_values(
