@@ -248,6 +248,10 @@ def simulate_chunk(
     """
     if pmt_truth.n_pmt != geometry.n_pmt:
         raise ValueError(f"{pmt_truth.n_pmt} PMT constants for {geometry.n_pmt} PMTs")
+    if position_mm is not None:
+        reach = np.linalg.norm(np.asarray(position_mm, dtype=np.float64), axis=-1).max()
+        if reach >= geometry.radius_mm.min():
+            raise ValueError(f"a vertex {reach:.0f} mm from the centre is not inside the PMTs")
     if n_events < 0:
         raise ValueError(f"n_events must not be negative, got {n_events}")
     truth = generate_events(rng, n_events, first_event_id, mix, energy_mev, position_mm)
@@ -367,13 +371,16 @@ class _Light:
 
     def __init__(self, geometry: Geometry, pmt_truth: PmtTruth) -> None:
         self.n_pmt = geometry.n_pmt
-        self.radius = geometry.radius_mm.astype(np.float32)
-        self.radius2 = self.radius * self.radius
-        self.minus_2r = -2.0 * self.radius
-        self.unit_t = np.ascontiguousarray(geometry.unit.T, dtype=np.float32)
+        radius = geometry.radius_mm
+        # Both geometric factors of every pair come out of one matrix product each:
+        # d^2 = [v, |v|^2, 1] . [-2 R u, 1, R^2] and s (R - u.v) = s [v, 1] . [-u, R].
+        self.to_distance2 = np.vstack(
+            [-2.0 * radius * geometry.unit.T, np.ones_like(radius), radius * radius]
+        ).astype(np.float32)
+        self.to_facing = np.vstack([-geometry.unit.T, radius]).astype(np.float32)
         window_s = detector.READOUT_WINDOW_NS * 1e-9
         self.dark = (pmt_truth.dark_rate_hz * window_s).astype(np.float32)
-        self.alive = (~pmt_truth.dead).astype(np.float32)
+        self.alive = (~pmt_truth.dead).astype(np.float32) if pmt_truth.dead.any() else None
         shape = (SIGNAL_BATCH, self.n_pmt)
         self.scratch = [np.empty(shape, dtype=np.float32) for _ in range(3)]
 
@@ -381,25 +388,25 @@ class _Light:
         self, rng: np.random.Generator, scale: np.ndarray, vertex: np.ndarray, first: int
     ) -> tuple[np.ndarray, ...]:
         """Event index, PMT id, counts, mean count and distance of each fired pair."""
-        dot, d2, d = (array[: len(vertex)] for array in self.scratch)
-        np.matmul(vertex, self.unit_t, out=dot)  # u.v of every pair at once
-        np.multiply(dot, self.minus_2r, out=d2)
-        d2 += self.radius2
-        d2 += np.einsum("ij,ij->i", vertex, vertex)[:, None]
+        facing, d2, d = (array[: len(vertex)] for array in self.scratch)
+        ones = np.ones((len(vertex), 1), dtype=np.float32)
+        square = np.einsum("ij,ij->i", vertex, vertex)[:, None]
+        np.matmul(np.hstack([vertex, square, ones]), self.to_distance2, out=d2)
         np.sqrt(d2, out=d)
-        # cos(incidence) / d^2 = (R - u.v) / d^3, since the PMT faces the centre
-        np.subtract(self.radius, dot, out=dot)
+        # light in a PMT ~ cos(incidence) / d^2 = (R - u.v) / d^3 (the PMT faces the centre)
+        scaled = scale.astype(np.float32)[:, None]
+        np.matmul(np.hstack([vertex, ones]) * scaled, self.to_facing, out=facing)
         d2 *= d
-        dot /= d2
+        facing /= d2
         mean = np.multiply(d, np.float32(-1.0 / detector.ATTENUATION_LENGTH_MM), out=d2)
         np.exp(mean, out=mean)
-        mean *= dot
-        mean *= scale.astype(np.float32)[:, None]
-        mean *= self.alive  # dead PMTs see no light (and have no dark counts)
+        mean *= facing
+        if self.alive is not None:
+            mean *= self.alive  # dead PMTs see no light (and have no dark counts)
         mean += self.dark  # light and dark counts: one Poisson process of the summed rate
         # P(fired) = 1 - exp(-mean); 16 random bits per pair (to 2^-16) are 20x cheaper
         # than a float, and this is the one random number drawn for every pair.
-        threshold = np.negative(mean, out=dot)
+        threshold = np.negative(mean, out=facing)
         np.expm1(threshold, out=threshold)
         threshold *= np.float32(-65536.0)
         bits = rng.bit_generator.random_raw(-(-mean.size // 4)).view(np.uint16)
