@@ -138,6 +138,8 @@ def test_events_are_inside_the_scintillator_with_the_spectrum_of_their_kind(
     assert set(calib.kind) == {6} and not np.any(calib.x_mm)
     with pytest.raises(ValueError, match="mix"):
         physics.generate_events(rng, 10, 0, mix={99: 1.0})
+    with pytest.raises(ValueError, match="not inside the PMTs"):
+        simulate_chunk(rng, geometry, quiet_pmts(), 1, position_mm=(0, 0, 19_500))
 
 
 def test_waveforms_hold_the_charge_of_each_hit(geometry: Geometry) -> None:
