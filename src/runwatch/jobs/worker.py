@@ -48,6 +48,7 @@ import sqlalchemy as sa
 
 from runwatch.db import Database
 from runwatch.jobs.slots import slots_held, try_flock
+from runwatch.jobs.trash import Trash
 from runwatch.jobs.wrapper import claim, run_claimed
 from runwatch.workflow.models import ATTEMPTS, TASKS
 from runwatch.workflow.nudge import NudgeListener
@@ -166,6 +167,7 @@ class Worker:
         self.host = socket.gethostname()
         self.stop = threading.Event()
         self.wake = threading.Event()
+        self.trash = Trash(home / f"trash-{index}")
 
     def serve(self) -> int:
         """Run attempts until drained or idle too long; 0, or 1 if worker N already runs."""
@@ -178,6 +180,7 @@ class Worker:
         os.pwrite(identity, str(os.getpid()).encode(), 0)
         nudges = NudgeListener(str(worker_socket_path(self.home, self.index)), self.wake.set)
         nudges.start()
+        self.trash.start()
         log.info("worker %d (pid %d) is ready", self.index, os.getpid())
         idle_since = swept = time.monotonic()
         try:
@@ -195,6 +198,7 @@ class Worker:
                 self.wake.clear()
         finally:
             nudges.stop()
+            self.trash.stop()
             os.close(identity)
         return 0
 
@@ -237,6 +241,7 @@ class Worker:
                     claimed,
                     on_start=lambda pid: note_command(lock, pid),
                     handle_signals=False,
+                    discard=self.trash.discard,
                 )
         return True
 

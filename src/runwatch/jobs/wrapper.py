@@ -171,12 +171,13 @@ def run_claimed(
     claimed: Claim,
     on_start: Callable[[int], None] | None = None,
     handle_signals: bool = True,
+    discard: Callable[[Path], None] | None = None,
 ) -> int:
     """Run a claimed attempt and record it; ``on_start`` gets the command's pid. With
     ``handle_signals``, SIGTERM/SIGINT kill the command and the attempt is recorded as
     killed (the wrapper); a long-lived worker handles its signals itself."""
     log.info("attempt %d: claimed on %s (pid %d)", attempt_id, socket.gethostname(), os.getpid())
-    job = AttemptRun(db, attempt_id, on_start)
+    job = AttemptRun(db, attempt_id, on_start, discard)
     with job.signals_handled() if handle_signals else contextlib.nullcontext():
         outcome, policy = job.run(claimed)
         job.finishing = True  # a signal now must not interrupt the recording
@@ -251,11 +252,17 @@ class AttemptRun:
     """The running attempt: its command, heartbeat, timeout and signals."""
 
     def __init__(
-        self, db: Database, attempt_id: int, on_start: Callable[[int], None] | None = None
+        self,
+        db: Database,
+        attempt_id: int,
+        on_start: Callable[[int], None] | None = None,
+        discard: Callable[[Path], None] | None = None,
     ) -> None:
         self.db = db
         self.attempt_id = attempt_id
         self.on_start = on_start
+        # How a finished work directory goes: a worker hands it to its trash (trash.py).
+        self.discard = discard or (lambda path: shutil.rmtree(path, ignore_errors=True))
         self.proc: subprocess.Popen[bytes] | None = None
         self.starting = False
         self.signalled: int | None = None  # SIGTERM/SIGINT received by the wrapper
@@ -321,7 +328,7 @@ class AttemptRun:
         if self.signalled is not None:
             return self.killed(self.signalled, files, result)
         outcome = self.outcome(AttemptState.SUCCEEDED, None, files, result, outputs)
-        shutil.rmtree(files.workdir, ignore_errors=True)  # outputs are stored: free the disk
+        self.discard(files.workdir)  # outputs are stored: free the disk
         return outcome
 
     # -- the command ------------------------------------------------------------------
