@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
 from pathlib import Path
 
@@ -62,6 +63,7 @@ def daqsim(
     from runwatch.experiments.juno.daqsim import DaqConfig, DaqSimError, simulate_run
 
     console = Console(stderr=True)
+    _keep_freed_memory()
     try:
         config = DaqConfig(
             run=run,
@@ -89,6 +91,25 @@ def daqsim(
         raise typer.Exit(1) from None
     for file in written:
         typer.echo(str(file.path))
+
+
+M_TOP_PAD = -2  # glibc's mallopt parameter
+FREED_MEMORY_KEPT = 256 << 20
+
+
+def _keep_freed_memory() -> None:
+    """Let glibc keep up to 256 MB of freed heap for the next chunk.
+
+    Each chunk allocates and frees ~100 MB of arrays; by default glibc gives the top of the
+    heap back to the system and the next chunk faults it in again, which cost ~20 % of
+    the simulator's time (system time 0.6 s instead of 0.15 s per 4,000 events). The
+    command is a process of its own, so the setting touches nothing else.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return  # not glibc: nothing to tune
+    mallopt(M_TOP_PAD, FREED_MEMORY_KEPT)
 
 
 def _choice(count: int, ids: str) -> int | tuple[int, ...]:
