@@ -38,7 +38,7 @@ def test_the_builtin_geometry_spreads_pmts_evenly_on_the_sphere() -> None:
     assert np.array_equal(geometry.ids, np.arange(detector.N_PMT))
     assert np.allclose(geometry.radius_mm, detector.PMT_RADIUS_MM)
     # nearest-neighbour distances of a sample of PMTs are all close to the mean spacing
-    sample = geometry.positions[:: detector.N_PMT // 400]
+    sample = geometry.positions[:: detector.N_PMT // 150]
     distance = np.linalg.norm(sample[:, None, :] - geometry.positions[None, :, :], axis=2)
     distance[distance == 0] = np.inf
     nearest = distance.min(axis=1)
