@@ -29,7 +29,13 @@ import numpy as np
 
 from runwatch.experiments.juno import detector
 from runwatch.experiments.juno.lightmodel import LightModel
-from runwatch.experiments.juno.timemodel import LO_NS, STEP_NS, TimeModel
+from runwatch.experiments.juno.physics import SPE_RESOLUTION
+from runwatch.experiments.juno.timemodel import (
+    LO_NS,
+    STEP_NS,
+    TimeModel,
+    likeliest_photo_electrons,
+)
 
 INV_C = 1.0 / detector.LIGHT_SPEED_MM_PER_NS
 RESIDUAL_BIN_NS = 2.0
@@ -51,6 +57,7 @@ class FitSettings:
     converged: float = 0.25  # a converged fit's last step, in units of its resolution
     max_step_mm: float = 3000.0
     max_step_ns: float = 30.0
+    spe_resolution: float = SPE_RESOLUTION  # relative width of one photo-electron's charge
 
 
 @dataclass
@@ -103,7 +110,7 @@ class DenseBatch:
         """
         vertex = start.astype(np.float32).copy()
         t0 = self.start_time(vertex, settings.time_model)
-        row_start, info = self.rows(settings)
+        row_start, info = self.rows(settings, vertex, light)
         inverse = _inverse(self.fisher(vertex, info))
         work = _Work.like(self.r2)
         step = np.full(len(t0), np.inf, dtype=np.float32)
@@ -174,7 +181,9 @@ class DenseBatch:
         peak_ns = (peak + 2.5) * RESIDUAL_BIN_NS
         return (peak_ns - model.box_centre_ns).astype(np.float32)
 
-    def rows(self, settings: FitSettings) -> tuple[np.ndarray, np.ndarray]:
+    def rows(
+        self, settings: FitSettings, vertex: np.ndarray, light: LightModel
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Each hit's table row offset and Fisher information (padding: the zero row)."""
         model = settings.time_model
         single = (self.valid & (self.npe < 1.5)).sum(axis=1)
@@ -182,9 +191,41 @@ class DenseBatch:
         # chance that a single photo-electron hit is dark is their share of those.
         dark_hits = settings.n_pmt * settings.pmt_dark_per_ns * settings.time_model.window_ns
         eta = dark_hits / np.maximum(single, 1.0)
-        rows = model.rows(self.npe, eta[:, None])
+        signal = np.maximum(self.npe.sum(axis=1, dtype=np.float64) - dark_hits, 1.0)
+        n_pe = self.photo_electrons(vertex, signal, settings, light)
+        rows = model.rows(n_pe, eta[:, None])
         rows = np.where(self.valid, rows, model.pad_row)
         return rows * np.int32(model.n_bins), model.info.take(rows)
+
+    def photo_electrons(
+        self, vertex: np.ndarray, signal_pe: np.ndarray, settings: FitSettings, light: LightModel
+    ) -> np.ndarray:
+        """Each hit's likeliest photo-electron count (``timemodel``), given the mean count
+        its PMT expects from ``signal_pe`` at ``vertex`` under the light model.
+
+        Only hits of at least one photo-electron of charge are worked out: below that a
+        single photo-electron is the likeliest whatever the PMT expects (two would need a
+        2.4 sigma downward fluctuation).
+        """
+        n_pe = np.ones(self.npe.shape, dtype=np.int32)
+        index = np.flatnonzero(self.npe >= 1.0)  # padding has no charge
+        if len(index) == 0:
+            return n_pe
+        event = index // self.npe.shape[1]
+        distance = self.distance(vertex).ravel()[index]
+        r2 = self.r2.ravel()[index]
+        v2 = (vertex.astype(np.float32) ** 2).sum(axis=0)[event]
+        # p.v from |p - v|^2 = |p|^2 - 2 p.v + |v|^2; incidence cosine (|p|^2 - p.v) / |p| d
+        along = (r2 + v2 - distance * distance) * np.float32(0.5)
+        cosine = (r2 - along) / (np.sqrt(r2) * distance)
+        share = np.maximum(cosine, 0.0) / (distance * distance)
+        share *= np.exp(distance * np.float32(-1.0 / detector.ATTENUATION_LENGTH_MM))
+        radius = np.sqrt((vertex.astype(np.float64) ** 2).sum(axis=0))
+        per_share = signal_pe / (light.centre_share * light.yield_ratio(radius))
+        expected = share * per_share.astype(np.float32)[event]
+        charge = self.npe.ravel()[index]
+        n_pe.ravel()[index] = likeliest_photo_electrons(charge, expected, settings.spe_resolution)
+        return n_pe
 
     def energy(
         self, vertex: np.ndarray, t0: np.ndarray, settings: FitSettings, light: LightModel

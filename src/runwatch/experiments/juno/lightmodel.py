@@ -58,6 +58,7 @@ class LightModel:
     radius_mm: np.ndarray
     yield_ratio_table: np.ndarray
     centroid_radius_table: np.ndarray
+    centre_share: float  # sum of pmt_light_share over the PMTs, for the centre
 
     @classmethod
     def build(cls, positions: np.ndarray, max_radius_mm: float) -> LightModel:
@@ -74,7 +75,7 @@ class LightModel:
         # A real geometry's gaps can make the curve wobble at the very edge: keep it
         # increasing so that it can be inverted.
         centroid = np.maximum.accumulate(centroid / len(axes))
-        return cls(radius, yields / len(axes), centroid)
+        return cls(radius, yields / len(axes), centroid, float(centre))
 
     def yield_ratio(self, radius_mm: np.ndarray) -> np.ndarray:
         """Light collected at each radius over that at the centre (clamped to the table)."""

@@ -119,8 +119,8 @@ def rec_chunks(
 ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     """(input events, reconstructed selected events) per chunk of ``source``, in order.
 
-    With ``threads`` > 1, up to ``2 * threads`` chunks are read ahead and fitted in a
-    pool; memory stays bounded by that many chunks.
+    With ``threads`` > 1, chunks are fitted in a pool while the next one is read: memory
+    stays bounded by ``threads + 1`` chunks.
     """
     chunks = rootio.iterate(source, formats.CALIB_TREE, list(formats.CALIB_BRANCHES), step_events)
     if threads == 1:
@@ -133,7 +133,7 @@ def rec_chunks(
             for chunk in chunks:
                 job = pool.submit(reconstruct_chunk, reconstructor, chunk, fraction, source)
                 pending.append((len(chunk), job))
-                while len(pending) >= 2 * threads:
+                while len(pending) > threads:
                     events, done = pending.popleft()
                     yield events, done.result()
             while pending:

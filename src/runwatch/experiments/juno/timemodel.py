@@ -117,9 +117,9 @@ class TimeModel:
             box_centre_ns=_densest_box_centre(tau, profile[0], 10.0),
         )
 
-    def rows(self, npe: np.ndarray, eta: np.ndarray) -> np.ndarray:
-        """Row of each hit from its charge and its event's dark fraction (same shapes)."""
-        n_pe = np.clip(np.rint(npe), 1, N_MAX).astype(np.int32)
+    def rows(self, n_pe: np.ndarray, eta: np.ndarray) -> np.ndarray:
+        """Row of each hit from its photo-electron count and its event's dark fraction."""
+        n_pe = np.clip(n_pe, 1, N_MAX).astype(np.int32)
         eta_bin = np.rint(np.clip(eta, 0.0, ETA_MAX) * ((ETA_BINS - 1) / ETA_MAX))
         rows: np.ndarray = np.where(n_pe == 1, eta_bin.astype(np.int32), ETA_BINS + n_pe - 2)
         return rows
@@ -139,3 +139,39 @@ def _densest_box_centre(tau: np.ndarray, density: np.ndarray, width_ns: float) -
     cumulative = np.cumsum(density)
     held = cumulative[steps:] - cumulative[:-steps]
     return float(tau[int(np.argmax(held))] + width_ns / 2)
+
+
+_LOG_N = np.log(np.maximum(np.arange(N_MAX + 2), 1)).astype(np.float32)
+_LOG_FACTORIAL = np.cumsum(_LOG_N).astype(np.float32)
+
+
+def likeliest_photo_electrons(
+    charge: np.ndarray, expected: np.ndarray, spe_resolution: float
+) -> np.ndarray:
+    """The most probable photo-electron count of each hit, from its charge and the mean
+    count its PMT expects: Poisson(n; expected) x Gaussian(charge; n, spe_resolution
+    x sqrt(n)), over n >= 1 within one of the rounded charge (1-D arrays).
+
+    Rounding the charge alone mistakes a far PMT's single photo-electron with a high
+    charge (5 % of them are above 1.5) for two, whose first time is earlier: the far
+    side then looks late and the vertex is pulled outwards (13 mm measured at 4 MeV).
+    """
+    log_mean = np.log(np.maximum(expected, np.float32(1e-6)))
+    centre = np.clip(np.rint(charge), 2, N_MAX - 1).astype(np.int32)
+    inv_two_var = np.float32(0.5 / spe_resolution**2)
+
+    def log_posterior(n: np.ndarray) -> np.ndarray:
+        n_float = n.astype(np.float32)
+        score: np.ndarray = n_float * log_mean
+        score -= _LOG_FACTORIAL.take(n) + np.float32(0.5) * _LOG_N.take(n)
+        score -= (charge - n_float) ** 2 * inv_two_var / n_float
+        return score
+
+    below, at, above = (log_posterior(centre + np.int32(s)) for s in (-1, 0, 1))
+    # Arithmetic on the comparisons rather than np.where or masked assignment, which
+    # measured several times slower per hit.
+    up_from_below = at > below
+    up_again = above > np.maximum(below, at)
+    step = up_from_below.astype(np.int32) * (~up_again) + up_again.astype(np.int32) * 2
+    best: np.ndarray = centre - 1 + step
+    return best
