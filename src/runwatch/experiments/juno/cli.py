@@ -7,6 +7,7 @@ imports (NumPy, uproot) happen inside the commands, so ``runwatch --help`` stays
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import typer
 
@@ -23,7 +24,40 @@ COMMAND_MODULES = (
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``runwatch juno`` and its commands to ``app``."""
+    """Add ``runwatch juno`` and its commands, and ``runwatch demo``, to ``app``."""
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(juno_app)
     app.add_typer(juno_app, name="juno")
+    app.command("demo")(demo)
+
+
+def demo(
+    folder: Path = typer.Argument(
+        Path("runwatch-demo"), help="Folder for the demo's deployment (wiped on a rerun)."
+    ),
+    files: int = typer.Option(3, "--files", min=1, help="Raw files per run."),
+    events: int = typer.Option(1_000, "--events", min=1, help="Events per raw file."),
+    timeout: float = typer.Option(300.0, "--timeout", min=1, help="Give up after this (s)."),
+    keep_running: bool = typer.Option(
+        False, "--keep-running", help="Leave the scheduler running at the end."
+    ),
+) -> None:
+    """Run the keep-up chain on simulated JUNO runs in a fresh local deployment.
+
+    Sets up FOLDER (SQLite, local executor, dropbox), starts the scheduler, simulates
+    three Physics runs (one with dead and hot PMTs) and a Calib run, and shows the runs go
+    from Data Taking to All Completed. Exit code 1 if they do not all complete.
+    """
+    from rich.console import Console
+
+    from runwatch.experiments.juno.demo import DemoError, DemoOptions, run_demo
+
+    console = Console()
+    options = DemoOptions(folder.resolve(), files, events, timeout, keep_running)
+    try:
+        completed = run_demo(options, console)
+    except DemoError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    if not completed:
+        raise typer.Exit(1)

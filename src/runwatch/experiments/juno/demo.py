@@ -1,0 +1,313 @@
+"""``runwatch demo``: the whole keep-up chain on simulated JUNO data, on one machine.
+
+The demo is a real deployment, set up in a fresh folder the way ``runwatch init`` sets
+one up (SQLite, the local executor, a dropbox directory; no server to install), with the
+JUNO pipeline (``pipelines/juno.yaml``) instead of the generic example. It starts the
+scheduler as its own process, as an operator would, and plays the detector's DAQ with the
+simulator (``daqsim``), which writes each raw file into the dropbox and announces it with a
+semaphore. Nothing in the engine knows it is a demo.
+
+The runs: Physics runs, one of them with dead and hot PMTs, and a Calib (source) run.
+The PMT constants the calib step applies are the simulated detector's true ones (the
+detector is the same in every run of one seed); deriving them from the Calib run is the
+calibration issue's business.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+import sqlalchemy as sa
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from runwatch.catalogue.models import Run, RunStatus
+from runwatch.config import CONFIG_ENV, DEFAULT_CONFIG_NAME
+from runwatch.db import Database
+from runwatch.experiments.juno import daqsim
+from runwatch.experiments.juno.geometry import load_geometry
+from runwatch.setup_cli import DEPLOYMENT_FOLDERS, DEPLOYMENT_VALUES, config_text
+from runwatch.workflow.models import Task
+from runwatch.workflow.states import TaskState
+
+MARK = ".runwatch-demo"
+"""A file that says a folder was made by the demo, so a rerun may wipe it."""
+SEED = 2025
+CONSTANTS_PLACEHOLDER = "/path/to/pmt-constants.csv"
+FINISHED = (RunStatus.ALL_COMPLETED, RunStatus.PARTLY_COMPLETED)
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    number: int
+    stream: str
+    dead: int = 0
+    hot: int = 0
+
+    @property
+    def note(self) -> str:
+        if self.dead or self.hot:
+            return f"{self.dead} dead, {self.hot} hot PMTs"
+        return "Co-60 source" if self.stream == "Calib" else ""
+
+
+RUNS = (
+    DemoRun(1001, "Physics"),
+    DemoRun(1002, "Calib"),
+    DemoRun(1003, "Physics", dead=40, hot=12),
+    DemoRun(1004, "Physics"),
+)
+
+
+class DemoError(RuntimeError):
+    """The demo cannot be set up; the message says why."""
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    folder: Path
+    files: int = 3
+    events_per_file: int = 1_000
+    timeout_s: float = 300.0
+    keep_running: bool = False
+
+
+def prepare(folder: Path) -> Path:
+    """A fresh deployment in ``folder`` with the JUNO pipeline; the PMT constants' path.
+
+    A folder left by an earlier demo is wiped; any other non-empty folder is refused.
+    """
+    if folder.exists() and any(folder.iterdir()):
+        if not (folder / MARK).exists():
+            raise DemoError(f"{folder} exists and was not made by the demo; choose another")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    (folder / MARK).write_text("made by runwatch demo; rerunning the demo wipes it\n")
+    overrides = {
+        **DEPLOYMENT_VALUES,
+        "ingest.api_tokens": [secrets.token_urlsafe(32)],
+        "ingest.dropbox_rescan_seconds": 5.0,
+        "scheduler.backoff_seconds": 2.0,
+    }
+    (folder / DEFAULT_CONFIG_NAME).write_text(config_text(overrides), encoding="utf-8")
+    for name in DEPLOYMENT_FOLDERS:
+        (folder / name).mkdir(exist_ok=True)
+    database = Database(f"sqlite:///{(folder / 'runwatch.db').resolve()}")
+    try:
+        database.upgrade()
+    finally:
+        database.dispose()
+    constants = (folder / "conditions" / "pmt-constants.csv").resolve()
+    constants.parent.mkdir()
+    truth = daqsim.detector_truth(
+        daqsim.DaqConfig(run=1, out_dir=folder, seed=SEED), load_geometry(None).n_pmt
+    )
+    truth.constants().write(constants)
+    pipeline = (files(__package__) / "pipelines" / "juno.yaml").read_text(encoding="utf-8")
+    pipeline = pipeline.replace(CONSTANTS_PLACEHOLDER, str(constants))
+    (folder / "pipelines" / "juno.yaml").write_text(pipeline, encoding="utf-8")
+    return constants
+
+
+def start_scheduler(folder: Path) -> subprocess.Popen[bytes]:
+    """``runwatch scheduler`` for the deployment, logging to ``scheduler.log``."""
+    env = {**os.environ, CONFIG_ENV: str((folder / DEFAULT_CONFIG_NAME).resolve())}
+    # The jobs run `runwatch juno ...`: find it beside this Python even if the
+    # environment it is installed in was not activated.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    with open(folder / "scheduler.log", "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "runwatch", "scheduler"],
+            cwd=folder,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+class Detector(threading.Thread):
+    """The simulated DAQ taking the demo's runs one after the other."""
+
+    def __init__(self, options: DemoOptions, runs: Sequence[DemoRun]) -> None:
+        super().__init__(name="daqsim", daemon=True)
+        self.options = options
+        self.runs = runs
+        self.error: BaseException | None = None
+        self.taking: int | None = None
+
+    def run(self) -> None:
+        folder = self.options.folder
+        try:
+            for demo_run in self.runs:
+                self.taking = demo_run.number
+                daqsim.simulate_run(
+                    daqsim.DaqConfig(
+                        run=demo_run.number,
+                        out_dir=folder / "dropbox",
+                        stream=demo_run.stream,
+                        files=self.options.files,
+                        events_per_file=self.options.events_per_file,
+                        seed=SEED,
+                        dead=demo_run.dead,
+                        hot=demo_run.hot,
+                        truth_dir=folder / "truth",
+                    )
+                )
+        except BaseException as exc:  # reported by the main thread
+            self.error = exc
+        finally:
+            self.taking = None
+
+
+def run_states(db: Database, numbers: Sequence[int]) -> dict[int, tuple[Run, int, int]]:
+    """Each run seen so far, with its tasks done and in all."""
+    done = sa.func.sum(sa.case((Task.state == TaskState.DONE, 1), else_=0))
+    with db.read_session() as session:
+        runs = {r.id: r for r in session.scalars(sa.select(Run).where(Run.number.in_(numbers)))}
+        counts = {
+            run_id: (int(d or 0), int(n))
+            for run_id, d, n in session.execute(
+                sa.select(Task.run_id, done, sa.func.count())
+                .where(Task.run_id.in_(list(runs)))
+                .group_by(Task.run_id)
+            )
+        }
+        for run in runs.values():
+            session.expunge(run)  # read-only snapshots, shown after the session ends
+    return {r.number: (r, *counts.get(r.id, (0, 0))) for r in runs.values()}
+
+
+def status_table(states: dict[int, tuple[Run, int, int]], runs: Sequence[DemoRun]) -> Table:
+    table = Table("run", "stream", "status", "files", "tasks done", "note", title="runs")
+    for demo_run in runs:
+        if demo_run.number not in states:
+            table.add_row(str(demo_run.number), demo_run.stream, "(not started)", "", "", "")
+            continue
+        run, done, total = states[demo_run.number]
+        colour = {RunStatus.ALL_COMPLETED: "green", RunStatus.PARTLY_COMPLETED: "red"}.get(
+            run.status, "yellow"
+        )
+        table.add_row(
+            str(run.number),
+            run.stream,
+            f"[{colour}]{run.status.value}[/{colour}]",
+            str(run.n_files),
+            f"{done}/{total}",
+            demo_run.note,
+        )
+    return table
+
+
+def watch(
+    db: Database,
+    runs: Sequence[DemoRun],
+    detector: Detector,
+    scheduler: subprocess.Popen[bytes],
+    timeout_s: float,
+    console: Console,
+) -> dict[int, tuple[Run, int, int]]:
+    """Show the runs live until all are finished, the time is up, or something died."""
+    numbers = [r.number for r in runs]
+    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    states: dict[int, tuple[Run, int, int]] = {}
+
+    def view() -> Group:
+        elapsed = time.monotonic() - started
+        taking = f"DAQ taking run {detector.taking}" if detector.taking else "DAQ idle"
+        return Group(status_table(states, runs), f"{elapsed:5.1f} s   {taking}")
+
+    with Live(view(), console=console, refresh_per_second=4, transient=False) as live:
+        while time.monotonic() < deadline:
+            states = run_states(db, numbers)
+            live.update(view())
+            if detector.error is not None or scheduler.poll() is not None:
+                break
+            if len(states) == len(runs) and all(s[0].status in FINISHED for s in states.values()):
+                break
+            time.sleep(0.5)
+    return states
+
+
+def stop(scheduler: subprocess.Popen[bytes], wait_s: float = 30.0) -> None:
+    if scheduler.poll() is None:
+        scheduler.send_signal(signal.SIGTERM)
+        try:
+            scheduler.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            scheduler.kill()
+            scheduler.wait()
+
+
+def run_demo(options: DemoOptions, console: Console, runs: Sequence[DemoRun] = RUNS) -> bool:
+    """Set up, run and watch the demo; True if every run ended All Completed."""
+    folder = options.folder
+    prepare(folder)
+    console.print(f"deployment in {folder} (SQLite, local executor, dropbox)", highlight=False)
+    scheduler = start_scheduler(folder)
+    detector = Detector(options, runs)
+    detector.start()
+    completed = False
+    try:
+        db = Database(f"sqlite:///{(folder / 'runwatch.db').resolve()}")
+        try:
+            states = watch(db, runs, detector, scheduler, options.timeout_s, console)
+        finally:
+            db.dispose()
+        completed = len(states) == len(runs) and all(
+            s[0].status is RunStatus.ALL_COMPLETED for s in states.values()
+        )
+        if detector.error is not None:
+            console.print(f"[red]the simulator failed: {detector.error}[/red]")
+        if scheduler.poll() is not None:
+            console.print(f"[red]the scheduler stopped; see {folder / 'scheduler.log'}[/red]")
+    finally:
+        if not options.keep_running:
+            stop(scheduler)
+    _where_to_look(console, folder, completed, scheduler if options.keep_running else None)
+    return completed
+
+
+def _where_to_look(
+    console: Console, folder: Path, completed: bool, scheduler: subprocess.Popen[bytes] | None
+) -> None:
+    verdict = (
+        "[green]all runs All Completed[/green]"
+        if completed
+        else "[red]not all runs completed[/red]"
+    )
+    lines = [
+        "",
+        verdict,
+        "",
+        "Look around:",
+        f"  cd {folder}",
+        "  runwatch runs list        # the runs and their status",
+        "  runwatch runs show 1003   # a run's files and tasks",
+        "  runwatch tasks list       # every task (runwatch tasks show ID: one)",
+        "In that folder:",
+        "  dropbox/        raw files (.rtraw) and their messages",
+        "  data/           step outputs: calib, rec and hist ROOT files",
+        "  work/logs/      job logs",
+        "  truth/          what the simulator generated",
+        "  scheduler.log   the scheduler's log",
+    ]
+    if scheduler is not None:
+        lines.append(
+            f"The scheduler still runs (pid {scheduler.pid}); stop it with kill {scheduler.pid}."
+        )
+    for line in lines:
+        console.print(line, highlight=False)

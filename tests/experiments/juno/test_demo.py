@@ -1,0 +1,77 @@
+"""`runwatch demo`: a real deployment, scheduler and simulator, end to end (small runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import uproot
+from rich.console import Console
+
+from runwatch.experiments.juno import daqsim
+from runwatch.experiments.juno.demo import (
+    SEED,
+    DemoError,
+    DemoOptions,
+    DemoRun,
+    prepare,
+    run_demo,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def _summed(paths: list[Path], name: str) -> np.ndarray:
+    total = None
+    for path in paths:
+        with uproot.open(path) as f:
+            values = f[name].values()
+        total = values if total is None else total + values
+    assert total is not None
+    return total
+
+
+def test_the_demo_takes_runs_from_data_taking_to_all_completed(tmp_path: Path) -> None:
+    folder = tmp_path / "demo"
+    runs = (DemoRun(11, "Physics"), DemoRun(12, "Physics", dead=25, hot=6), DemoRun(13, "Calib"))
+    options = DemoOptions(folder, files=2, events_per_file=150, timeout_s=240)
+    console = Console(record=True, width=100)
+
+    assert run_demo(options, console, runs)
+
+    text = console.export_text()
+    assert "all runs All Completed" in text and "runwatch runs show" in text
+    for run in runs:
+        hists = sorted((folder / "data" / run.stream / str(run.number) / "hist").glob("*.root"))
+        assert len(hists) == 2, f"run {run.number}: {hists}"
+    # The chain found the simulator's dead and hot PMTs in the per-PMT histograms.
+    truth = daqsim.detector_truth(
+        daqsim.DaqConfig(run=12, out_dir=folder, seed=SEED, dead=25, hot=6), 17_612
+    )
+    hists = sorted((folder / "data" / "Physics" / "12" / "hist").glob("*.root"))
+    hits = _summed(hists, "pmt_hits")
+    events = _summed(hists, "n_events").sum()
+    assert events == 300
+    assert np.all(hits[truth.dead] == 0)
+    assert np.all(hits[truth.hot] >= 0.99 * events)
+    normal = ~(truth.dead | truth.hot)
+    assert 0.05 < hits[normal].mean() / events < 0.15
+
+
+def test_the_demo_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(DemoError, match="not made by the demo"):
+        prepare(tmp_path)
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_a_rerun_wipes_the_earlier_demo(tmp_path: Path) -> None:
+    folder = tmp_path / "demo"
+    prepare(folder)
+    (folder / "dropbox" / "old.rtraw").write_text("old")
+    constants = prepare(folder)
+    assert not (folder / "dropbox" / "old.rtraw").exists()
+    assert (
+        constants.is_file() and str(constants) in (folder / "pipelines" / "juno.yaml").read_text()
+    )
