@@ -83,11 +83,12 @@ def test_uniform_events_vertex_and_energy(
     reconstructor: Reconstructor, geometry: Geometry, energy: float
 ) -> None:
     q = measure(reconstructor, geometry, energy, n_events=200, seed=int(energy * 10))
-    # Measured (2,000 events): 45 mm at 1 MeV, 25 mm at 4 MeV per coordinate.
+    # Measured (2,000 events): 42 mm at 1 MeV, 22 mm at 4 MeV per coordinate; the
+    # biases within 2 mm, the radial one +4 to +7 mm (sigma of the mean here: 3 mm).
     limit_mm = 70.0 / np.sqrt(energy)
     assert max(q.vertex_sigma_mm) < limit_mm, q
-    assert max(abs(b) for b in q.vertex_bias_mm) < 20.0, q
-    assert abs(q.radial_bias_mm) < 40.0, q
+    assert max(abs(b) for b in q.vertex_bias_mm) < 15.0, q
+    assert abs(q.radial_bias_mm) < 20.0, q
     # Off-centre events see more light than the centre's 1,600 PE/MeV.
     check_energy(q, resolution_factor=1.15)
 

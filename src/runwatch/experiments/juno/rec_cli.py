@@ -71,6 +71,7 @@ def rec(
         raise typer.Exit(1) from exc
     typer.echo(
         f"rec: {result.events} events in, {result.selected} selected, {result.fitted} fitted, "
-        f"{result.events_per_second:.0f} events/s on {threads} thread(s) "
+        f"{result.events_per_second:.0f} events/s ({result.events_per_cpu_second:.0f} per "
+        f"CPU-second) on {threads} thread(s) "
         f"(+{result.setup_seconds:.1f} s setup) -> {output}"
     )

@@ -123,10 +123,12 @@ def table(rows: Sequence[Quality]) -> str:
     for q in rows:
         sigma = ", ".join(f"{v:.0f}" for v in q.vertex_sigma_mm)
         bias = ", ".join(f"{v:+.0f}" for v in q.vertex_bias_mm)
+        # At the centre the radius error is the error vector's length: nothing to show.
+        radial = "n/a | n/a" if q.centre else f"{q.radial_sigma_mm:.0f} | {q.radial_bias_mm:+.0f}"
         lines.append(
             f"| {q.energy_mev:g} | {'centre' if q.centre else 'uniform'} | {q.events} "
-            f"| {q.fit_ok:.1%} | {sigma} | {bias} | {q.radial_sigma_mm:.0f} "
-            f"| {q.radial_bias_mm:+.0f} | {q.energy_bias:+.2%} | {q.energy_sigma:.2%} "
+            f"| {q.fit_ok:.1%} | {sigma} | {bias} | {radial} "
+            f"| {q.energy_bias:+.2%} | {q.energy_sigma:.2%} "
             f"| {q.photo_statistics:.2%} | {q.energy_sigma / q.photo_statistics:.2f} |"
         )
     return "\n".join(lines)
