@@ -121,7 +121,8 @@ class TimeModel:
         """Row of each hit from its photo-electron count and its event's dark fraction."""
         n_pe = np.clip(n_pe, 1, N_MAX).astype(np.int32)
         eta_bin = np.rint(np.clip(eta, 0.0, ETA_MAX) * ((ETA_BINS - 1) / ETA_MAX))
-        rows: np.ndarray = np.where(n_pe == 1, eta_bin.astype(np.int32), ETA_BINS + n_pe - 2)
+        single = n_pe == 1
+        rows: np.ndarray = eta_bin.astype(np.int32) * single + (ETA_BINS + n_pe - 2) * ~single
         return rows
 
     def lookup(self, residual_ns: np.ndarray, row_start: np.ndarray) -> np.ndarray:
