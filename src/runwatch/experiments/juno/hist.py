@@ -162,7 +162,7 @@ class HistogramFiller:
         h = self.histograms
         h["hit_time"].fill(time_ns)
         h["hit_npe"].fill(npe)
-        # Per-PMT sums by bincount: one pass over the hits each, no 17,612-bin axis search.
+        # Bin i is PMT i, so a bincount of the ids is the per-PMT histogram's view.
         h["pmt_hits"].view()[:] += np.bincount(pmt, minlength=self.n_pmt)
         h["pmt_npe_sum"].view()[:] += np.bincount(pmt, weights=npe, minlength=self.n_pmt)
         h["pmt_time_sum"].view()[:] += np.bincount(pmt, weights=time_ns, minlength=self.n_pmt)
