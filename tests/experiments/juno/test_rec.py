@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from runwatch.experiments.juno import formats, rec, rootio
 from runwatch.experiments.juno.geometry import Geometry, load_geometry
 from runwatch.experiments.juno.physics import make_pmt_truth, simulate_chunk
+from runwatch.experiments.juno.pmtstatus import unusable_pmts
 from runwatch.experiments.juno.recquality import (
     Quality,
     calibrated_hits,
@@ -99,6 +100,29 @@ def test_centre_events_energy_at_the_photo_statistics_limit(
     q = measure(reconstructor, geometry, 2.0, n_events=200, seed=3, centre=True)
     assert max(q.vertex_sigma_mm) < 50.0, q
     check_energy(q, resolution_factor=1.3)
+
+
+def test_dead_and_hot_pmts_are_found_and_left_out(
+    reconstructor: Reconstructor, geometry: Geometry
+) -> None:
+    rng = np.random.default_rng(11)
+    pmts = make_pmt_truth(rng, geometry.n_pmt, dead=200, hot=20)
+    raw, truth = simulate_chunk(rng, geometry, pmts, 600, energy_mev=0.5, waves=False)
+    hits = calibrated_hits(raw, pmts)
+    unusable = unusable_pmts(hits.pmt_id, hits.time_ns, 600, geometry.n_pmt)
+    assert np.array_equal(unusable, pmts.dead | pmts.hot)
+    fit = reconstructor.fit(hits, unusable)
+    ratio = fit.energy_mev / truth.energy_mev
+    assert fit.fit_ok.mean() > 0.99
+    assert abs(ratio.mean() - 1.0) < 0.01  # 200 dead PMTs hold 1.1 % of the light
+    assert fit.nhit.tolist() == raw.nhit.tolist()  # the record, hot PMTs included
+    # Without the mask, the hot PMTs' dark charge in the prompt window spoils the fits.
+    assert reconstructor.fit(hits).fit_ok.mean() < 0.8
+
+
+def test_pmt_status_needs_enough_events() -> None:
+    pmt_id = np.zeros(100, dtype=np.int32)
+    assert not unusable_pmts(pmt_id, np.zeros(100, np.float32), 100, 50).any()
 
 
 def test_empty_and_dark_only_events_are_not_fitted(reconstructor: Reconstructor) -> None:

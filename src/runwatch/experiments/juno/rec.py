@@ -26,6 +26,7 @@ import numpy as np
 
 from runwatch.experiments.juno import formats, rootio
 from runwatch.experiments.juno.geometry import load_geometry
+from runwatch.experiments.juno.pmtstatus import unusable_pmts
 from runwatch.experiments.juno.vertexfit import Hits, Reconstructor
 
 HIT_BRANCHES = ("pmt_id", "npe", "time_ns")
@@ -76,16 +77,22 @@ def sample_mask(event_id: np.ndarray, fraction: float) -> np.ndarray:
 def reconstruct_chunk(
     reconstructor: Reconstructor, chunk: ak.Array, fraction: float, source: Path
 ) -> dict[str, np.ndarray]:
-    """The ``formats.REC_BRANCHES`` of the chunk's events that the sampling keeps."""
-    keep = sample_mask(np.asarray(chunk["event_id"]), fraction)
-    if not keep.all():
-        chunk = chunk[keep]
+    """The ``formats.REC_BRANCHES`` of the chunk's events that the sampling keeps.
+
+    Dead and hot PMTs are found in all the chunk's events (``pmtstatus``), before the
+    sampling, so that they do not depend on the sample fraction.
+    """
     hits = _flat_hits(chunk, reconstructor.n_pmt, source)
-    fit = reconstructor.fit(hits)
+    unusable = unusable_pmts(hits.pmt_id, hits.time_ns, len(hits.counts), reconstructor.n_pmt)
+    event_id = np.asarray(chunk["event_id"], dtype=np.int64)
+    keep = sample_mask(event_id, fraction)
+    if not keep.all():
+        hits = hits.events(keep)
+    fit = reconstructor.fit(hits, unusable)
     return {
-        "event_id": np.asarray(chunk["event_id"], dtype=np.int64),
-        "timestamp_ns": np.asarray(chunk["timestamp_ns"], dtype=np.int64),
-        "trigger_type": np.asarray(chunk["trigger_type"], dtype=np.int32),
+        "event_id": event_id[keep],
+        "timestamp_ns": np.asarray(chunk["timestamp_ns"], dtype=np.int64)[keep],
+        "trigger_type": np.asarray(chunk["trigger_type"], dtype=np.int32)[keep],
         "x_mm": fit.x_mm,
         "y_mm": fit.y_mm,
         "z_mm": fit.z_mm,

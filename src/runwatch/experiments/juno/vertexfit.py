@@ -16,7 +16,7 @@ Steps (1)-(2) work on the flat hits of all the events with per-event sums
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -54,6 +54,18 @@ class Hits:
     npe: np.ndarray
     time_ns: np.ndarray
 
+    def without(self, dropped: np.ndarray) -> Hits:
+        """These hits less those where ``dropped`` (one flag per hit) is set."""
+        kept = ~dropped
+        event = np.repeat(np.arange(len(self.counts)), self.counts)
+        counts = np.bincount(event[kept], minlength=len(self.counts))
+        return Hits(counts, self.pmt_id[kept], self.npe[kept], self.time_ns[kept])
+
+    def events(self, selected: np.ndarray) -> Hits:
+        """The hits of the events where ``selected`` (one flag per event) is set."""
+        kept = np.repeat(selected, self.counts)
+        return Hits(self.counts[selected], self.pmt_id[kept], self.npe[kept], self.time_ns[kept])
+
 
 @dataclass(frozen=True)
 class Fit:
@@ -84,7 +96,6 @@ class Reconstructor:
         self.pmt_xyz = np.ascontiguousarray(positions, dtype=np.float32)  # PMTs x 3
         pmt_radius = float(np.median(np.linalg.norm(positions, axis=1)))
         self.light = LightModel.build(positions, pmt_radius - 200.0)
-        self.dark_per_ns = self.n_pmt * detector.DARK_RATE_HZ * 1e-9
         self.settings = FitSettings(
             time_model=TimeModel.build(PROMPT_WINDOW_NS),
             n_pmt=self.n_pmt,
@@ -92,19 +103,34 @@ class Reconstructor:
             max_radius_mm=pmt_radius,
         )
 
-    def fit(self, hits: Hits) -> Fit:
-        """Vertex, time and energy of every event of ``hits``."""
-        offsets = np.concatenate([[0], np.cumsum(hits.counts, dtype=np.int64)])
+    def fit(self, hits: Hits, unusable: np.ndarray | None = None) -> Fit:
+        """Vertex, time and energy of every event of ``hits``.
+
+        The PMTs in the ``unusable`` mask (by id: dead or hot, see ``pmtstatus``) are left
+        out; the energy is scaled up by the share of the light they would have seen
+        (taken as their share of the PMTs), and their dark counts are not expected.
+        """
+        settings, scale = self.settings, 1.0
+        used = hits
+        if unusable is not None and unusable.any():
+            n_live = self.n_pmt - int(unusable.sum())
+            settings, scale = replace(self.settings, n_pmt=n_live), self.n_pmt / n_live
+            used = hits.without(unusable[hits.pmt_id])
+        offsets = np.concatenate([[0], np.cumsum(used.counts, dtype=np.int64)])
         parts = []
         for first, last in _groups(offsets):
             lo, hi = offsets[first], offsets[last]
             group = Hits(
-                hits.counts[first:last], hits.pmt_id[lo:hi], hits.npe[lo:hi], hits.time_ns[lo:hi]
+                used.counts[first:last], used.pmt_id[lo:hi], used.npe[lo:hi], used.time_ns[lo:hi]
             )
-            parts.append(self._fit_group(group))
-        return Fit.concatenate(parts)
+            parts.append(self._fit_group(group, settings))
+        fit = Fit.concatenate(parts)
+        # Event sums describe what was recorded, usable PMTs or not.
+        total_pe = _per_event_sum(hits.npe, hits.counts).astype(np.float32)
+        energy = (fit.energy_mev * scale).astype(np.float32)
+        return replace(fit, energy_mev=energy, total_pe=total_pe, nhit=hits.counts.astype(np.int32))
 
-    def _fit_group(self, hits: Hits) -> Fit:
+    def _fit_group(self, hits: Hits, settings: FitSettings) -> Fit:
         n_events = len(hits.counts)
         in_window = self._prompt_window(hits)
         window = Hits(
@@ -113,7 +139,7 @@ class Reconstructor:
             npe=hits.npe[in_window],
             time_ns=hits.time_ns[in_window],
         )
-        start = self._start_vertex(window)
+        start = self._start_vertex(window, settings)
         out = np.zeros(
             (6, n_events), dtype=np.float32
         )  # x, y, z, t0, energy, last step / resolution
@@ -122,12 +148,12 @@ class Reconstructor:
         for batch in _batches(window.counts[order]):
             events = order[batch]
             dense = DenseBatch.gather(self.pmt_xyz, window, offsets[events], window.counts[events])
-            out[:, events] = dense.fit(start[:, events], self.settings, self.light)
-        ok = (window.counts >= MIN_HITS) & (out[5] < self.settings.converged)
+            out[:, events] = dense.fit(start[:, events], settings, self.light)
+        ok = (window.counts >= MIN_HITS) & (out[5] < settings.converged)
         radius = np.sqrt(out[0] ** 2 + out[1] ** 2 + out[2] ** 2)
-        ok &= (radius < self.settings.max_radius_mm) & np.isfinite(out).all(axis=0)
-        total_pe = _per_event_sum(hits.npe, hits.counts).astype(np.float32)
+        ok &= (radius < settings.max_radius_mm) & np.isfinite(out).all(axis=0)
         x, y, z, t0, energy = out[:5]
+        total_pe = _per_event_sum(hits.npe, hits.counts).astype(np.float32)
         return Fit(x, y, z, t0, energy, total_pe, hits.counts.astype(np.int32), ok)
 
     def _prompt_window(self, hits: Hits) -> np.ndarray:
@@ -142,7 +168,7 @@ class Reconstructor:
         relative = hits.time_ns - peak_ns
         return (relative >= -PROMPT_BEFORE_NS) & (relative < PROMPT_AFTER_NS)
 
-    def _start_vertex(self, window: Hits) -> np.ndarray:
+    def _start_vertex(self, window: Hits, settings: FitSettings) -> np.ndarray:
         """Charge centroid of each event, scaled out to the vertex radius (3 x events)."""
         charge = _per_event_sum(window.npe, window.counts)
         moments = [
@@ -151,7 +177,8 @@ class Reconstructor:
         ]
         # Dark counts are spread evenly over the PMTs: they add to the charge but, on
         # average, not to the moments, so only the charge needs their share removed.
-        signal = np.maximum(charge - self.dark_per_ns * PROMPT_WINDOW_NS, 1.0)
+        dark = settings.n_pmt * settings.pmt_dark_per_ns * PROMPT_WINDOW_NS
+        signal = np.maximum(charge - dark, 1.0)
         centroid = np.vstack(moments) / signal
         radius = np.sqrt((centroid**2).sum(axis=0))
         scale = self.light.vertex_radius(radius) / np.maximum(radius, 1.0)
