@@ -7,8 +7,12 @@ Run by the pipeline as a job: a failure is a one-line message on stderr and exit
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from runwatch.experiments.juno.rec import RecResult
 
 
 def register(app: typer.Typer) -> None:
@@ -46,27 +50,12 @@ def rec(
     ),
 ) -> None:
     """Reconstruct each event's vertex, time and energy from its calibrated hits."""
-    from rich.console import Console
-    from rich.progress import Progress
-
-    from runwatch.experiments.juno import formats, rootio
-    from runwatch.experiments.juno import rec as step
     from runwatch.experiments.juno.geometry import GeometryError
+    from runwatch.experiments.juno.rootio import InputFileError
 
-    console = Console(stderr=True)
     try:
-        total = rootio.count_events(input_path, formats.CALIB_TREE)
-        with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
-            task = bar.add_task("rec", total=total)
-            result = step.run_rec(
-                input_path,
-                output,
-                geometry=geometry,
-                threads=threads,
-                fraction=sample_fraction,
-                progress=lambda events: bar.advance(task, events),
-            )
-    except (rootio.InputFileError, GeometryError) as exc:
+        result = _run(input_path, output, threads, sample_fraction, geometry)
+    except (InputFileError, GeometryError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(
@@ -75,3 +64,27 @@ def rec(
         f"CPU-second) on {threads} thread(s) "
         f"(+{result.setup_seconds:.1f} s setup) -> {output}"
     )
+
+
+def _run(
+    input_path: Path, output: Path, threads: int, fraction: float, geometry: Path | None
+) -> RecResult:
+    """``rec.run_rec`` with a progress bar on stderr when it is a terminal."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from runwatch.experiments.juno import formats, rootio
+    from runwatch.experiments.juno.rec import run_rec
+
+    console = Console(stderr=True)
+    total = rootio.count_events(input_path, formats.CALIB_TREE)
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("rec", total=total)
+        return run_rec(
+            input_path,
+            output,
+            geometry=geometry,
+            threads=threads,
+            fraction=fraction,
+            progress=lambda events: bar.advance(task, events),
+        )

@@ -1,13 +1,15 @@
 """Vertex, time and energy of a batch of events from their calibrated hits (no I/O).
 
-Per event: (1) the prompt window -- the peak of the raw hit times, from which a window of
+Per event (docs/juno.md, "Reconstruction", says why each step is what it is): (1) the
+prompt window -- the peak of the raw hit times, from which a window of
 ``PROMPT_WINDOW_NS`` keeps all the event's light and cuts half of the dark counts; (2) a
 start vertex, the charge centroid of the window's PMTs (expected dark charge removed)
-pushed out to the vertex radius whose expected centroid it is (``LightModel``); (3) a
-start time, the peak of the residuals ``t - d/c`` less the time profile's mode; (4) a
-maximum-likelihood fit of x, y, z, t0 to the hit times (``TimeModel``) by a fixed number
-of Fisher-scoring steps (``densefit``); (5) the energy, the window's charge less the
-expected dark charge over the light the fitted radius yields (``LightModel``).
+pushed out to the vertex radius whose expected centroid it is (``LightModel``); then, in
+``densefit``, (3) each hit's likeliest photo-electron count, (4) a start time from the
+densest residuals ``t - d/c``, (5) a maximum-likelihood fit of x, y, z, t0 to the hit
+times (``TimeModel``) by a fixed number of Fisher-scoring steps and (6) the energy, the
+in-time charge less the expected dark charge over the light the fitted radius yields.
+PMTs the caller marks unusable (``pmtstatus``) are left out first.
 
 Steps (1)-(2) work on the flat hits of all the events with per-event sums
 (``np.add.reduceat``); the fit works on batches of events padded into dense matrices.
