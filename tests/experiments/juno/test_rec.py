@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from runwatch.experiments.juno import formats, rec, rootio
 from runwatch.experiments.juno.geometry import Geometry, load_geometry
+from runwatch.experiments.juno.lightmodel import LightModel
 from runwatch.experiments.juno.physics import make_pmt_truth, simulate_chunk
 from runwatch.experiments.juno.pmtstatus import unusable_pmts
 from runwatch.experiments.juno.recquality import (
@@ -25,6 +26,14 @@ from runwatch.experiments.juno.recquality import (
     calibrated_hits,
     measure,
     photo_statistics_limit,
+)
+from runwatch.experiments.juno.timemodel import (
+    ETA_BINS,
+    HI_NS,
+    LO_NS,
+    TimeModel,
+    first_hit_density,
+    likeliest_photo_electrons,
 )
 from runwatch.experiments.juno.vertexfit import Hits, Reconstructor
 
@@ -68,6 +77,48 @@ def calib_file(tmp_path_factory: pytest.TempPathFactory, geometry: Geometry) -> 
 def read_rec(path: Path) -> ak.Array:
     with uproot.open(path) as file:
         return file[formats.REC_TREE].arrays(list(formats.REC_BRANCHES))
+
+
+# --- models -------------------------------------------------------------------------
+
+
+def test_first_hit_density_is_normalised_and_earlier_for_more_photo_electrons() -> None:
+    tau = np.arange(LO_NS, HI_NS, 0.05)
+    modes = []
+    for n_pe in (1, 2, 10, 64):
+        density = first_hit_density(tau, n_pe)
+        assert abs(density.sum() * 0.05 - 1.0) < 1e-3
+        modes.append(tau[np.argmax(density)])
+    assert modes == sorted(modes, reverse=True) and modes[0] > modes[-1] + 5.0
+
+
+def test_time_model_slope_is_flat_on_the_dark_plateau() -> None:
+    model = TimeModel.build(480.0)
+    table = model.slope.reshape(-1, model.n_bins)
+    assert not table[model.pad_row].any() and model.info[model.pad_row] == 0
+    # Far from the light every row with a flat term has no slope: a dark hit is ignored.
+    assert np.abs(table[1:, :25]).max() < 1e-3 and np.abs(table[1:, -25:]).max() < 1e-3
+    assert (model.info[:-1] > 0).all()
+    single = model.info[ETA_BINS - 1], model.info[0]
+    assert single[0] < single[1]  # more dark counts, less information per hit
+
+
+def test_likeliest_photo_electrons_weighs_charge_against_the_light_expected() -> None:
+    charge = np.array([1.0, 1.6, 1.6, 1.4, 10.2, 30.0], dtype=np.float32)
+    expected = np.array([0.05, 0.05, 5.0, 5.0, 10.0, 30.0], dtype=np.float32)
+    counts = likeliest_photo_electrons(charge, expected, 0.3)
+    assert counts.tolist() == [1, 1, 2, 2, 10, 30]
+
+
+def test_light_model_yield_and_centroid(geometry: Geometry) -> None:
+    light = LightModel.build(geometry.positions, 19_000.0)
+    assert light.yield_ratio(np.array([0.0]))[0] == pytest.approx(1.0)
+    assert light.yield_ratio(np.array([17_700.0]))[0] == pytest.approx(1.6, abs=0.03)
+    assert np.all(np.diff(light.yield_ratio_table) > 0)  # attenuation favours the edge
+    assert light.centre_shrinkage == pytest.approx(0.99, abs=0.005)
+    radius = np.array([1_000.0, 10_000.0, 17_000.0])
+    centroid = np.interp(radius, light.radius_mm, light.centroid_radius_table)
+    assert np.allclose(light.vertex_radius(centroid), radius, atol=1.0)
 
 
 # --- quality ------------------------------------------------------------------------

@@ -57,7 +57,7 @@ class FitSettings:
     time_model: TimeModel
     n_pmt: int
     pmt_dark_per_ns: float  # one PMT's dark-count rate
-    max_radius_mm: float  # the PMT sphere: a vertex is kept inside it
+    max_radius_mm: float  # the PMT sphere: a fit ending outside it is not ok
     iterations: int = 5
     converged: float = 0.25  # a converged fit's last step, in units of its resolution
     max_step_mm: float = 3000.0

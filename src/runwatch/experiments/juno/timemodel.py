@@ -12,8 +12,8 @@ which makes the slope vanish far from the prompt light (a dark hit cannot pull t
 The fit needs, per hit, only the slope ``d log p / d tau`` of its residual ``tau`` and the
 expected curvature (Fisher information) of its row, so both are tabulated once: one row
 per photo-electron count (``1..N_MAX``; single photo-electron hits get one row per dark
-fraction bin, because that is where the dark counts are) on a 0.2 ns grid. A lookup is an
-index computation and one ``take`` -- about 1 ns a hit.
+fraction bin, because that is where the dark counts are) on a 0.2 ns grid. A lookup
+(``densefit``) is an index computation and one ``take`` -- about 1 ns a hit.
 """
 
 from __future__ import annotations
@@ -124,14 +124,6 @@ class TimeModel:
         single = n_pe == 1
         rows: np.ndarray = eta_bin.astype(np.int32) * single + (ETA_BINS + n_pe - 2) * ~single
         return rows
-
-    def lookup(self, residual_ns: np.ndarray, row_start: np.ndarray) -> np.ndarray:
-        """Slope at each residual; ``row_start`` is ``row * n_bins`` of each hit."""
-        # +0.5 so that truncation to an integer picks the nearest grid point.
-        index = (residual_ns - np.float32(LO_NS - STEP_NS / 2)) * np.float32(1.0 / STEP_NS)
-        np.clip(index, 0.0, self.n_bins - 0.5, out=index)
-        slope: np.ndarray = self.slope.take(index.astype(np.int32) + row_start)
-        return slope
 
 
 def _densest_box_centre(tau: np.ndarray, density: np.ndarray, width_ns: float) -> float:
