@@ -235,13 +235,16 @@ def test_threads_give_the_same_output_as_one_thread(calib_file: Path, tmp_path: 
 # --- bad inputs ---------------------------------------------------------------------
 
 
-def test_truncated_input_fails_and_leaves_no_output(calib_file: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("threads", [1, 2])
+def test_truncated_input_fails_and_leaves_no_output(
+    calib_file: Path, tmp_path: Path, threads: int
+) -> None:
     truncated = tmp_path / "truncated.calib.root"
     data = calib_file.read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
     output = tmp_path / "out.rec.root"
     with pytest.raises(rootio.InputFileError, match="truncated"):
-        rec.run_rec(truncated, output, step_events=50)
+        rec.run_rec(truncated, output, threads=threads, step_events=50)
     assert list(tmp_path.iterdir()) == [truncated]
 
 
