@@ -8,12 +8,18 @@ of equal binning, so a merged histogram from runwatch and one from ``hadd`` agre
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import os
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+import uproot
+import uproot.writing.identify as build
 
 FloatArray = npt.NDArray[np.float64]
 Family = Literal["TH1", "TH2", "TProfile"]
@@ -29,6 +35,19 @@ STATS_KEYS: dict[Family, tuple[str, ...]] = {
     "TProfile": ("fTsumw", "fTsumw2", "fTsumwx", "fTsumwx2", "fTsumwy", "fTsumwy2"),
 }
 """The global sums ROOT keeps per family, under ROOT's own member names."""
+
+
+META_KEY = "runwatch_meta"
+"""The TObjString (JSON text) in which ``write_histograms`` stores a file's ``meta``."""
+
+
+class HistogramFileError(Exception):
+    """A file that is not a readable ROOT file of histograms: missing, corrupt or truncated."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
 
 
 class IncompatibleHistograms(ValueError):
@@ -273,3 +292,237 @@ def stats_from_bins(hist: Hist) -> dict[str, float]:
         stats["fTsumwy"] = float(hist.sumwy[inner].sum())
         stats["fTsumwy2"] = float(hist.sumwy2[inner].sum())
     return stats
+
+
+@dataclass
+class HistFile:
+    """What ``read_file`` found in one ROOT file.
+
+    ``hists`` by path in the file (``dir/name``, no cycle); ``meta`` the file's
+    ``write_histograms`` metadata (``None`` if it has none); ``skipped`` maps each object
+    left out to why (an unsupported class, such as TH3 or TProfile2D).
+    """
+
+    hists: dict[str, Hist]
+    meta: dict[str, Any] | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def read_histograms(path: str | Path, names: Collection[str] | None = None) -> dict[str, Hist]:
+    """Every TH1, TH2 and TProfile in a ROOT file, sub-directories included, by path.
+
+    ``names`` restricts the result to those paths. Raises ``HistogramFileError`` for a
+    file that cannot be read; objects of other classes are skipped (``read_file`` says which).
+    """
+    return read_file(path, names).hists
+
+
+def read_file(path: str | Path, names: Collection[str] | None = None) -> HistFile:
+    """The histograms, metadata and skipped objects of a ROOT file; see ``read_histograms``."""
+    with _reading(path):
+        file = uproot.open(path)
+    with file:
+        result = HistFile({})
+        wanted = None if names is None else set(names)
+        with _reading(path):
+            objects = _latest_cycles(file)
+        for key, classname in objects.items():
+            if key == META_KEY:
+                result.meta = _parse_meta(path, _fetch(file, key))
+            elif wanted is not None and key not in wanted:
+                continue
+            elif classname in SUPPORTED_CLASSES:
+                result.hists[key] = hist_from_uproot(_fetch(file, key))
+            elif classname.startswith(("TH", "TProfile")):
+                result.skipped[key] = f"unsupported class {classname}"
+        return result
+
+
+@contextmanager
+def _reading(path: str | Path) -> Iterator[None]:
+    """Turn uproot's errors on a damaged file into one ``HistogramFileError``."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise HistogramFileError(path, "no such file") from None
+    except Exception as error:
+        # uproot reports a damaged file through many exception types (ValueError, OSError,
+        # zlib/lz4 errors, DeserializationError, ...): at this edge all of them mean the same.
+        raise HistogramFileError(path, f"not a readable ROOT file ({error})") from error
+
+
+def _fetch(file: Any, key: str) -> Any:
+    with _reading(file.file_path):
+        return file[key]
+
+
+def _latest_cycles(file: Any) -> dict[str, str]:
+    """``{path: classname}`` for the highest cycle of every object (ROOT's own choice)."""
+    best: dict[str, tuple[int, str]] = {}
+    for key, classname in file.classnames(recursive=True, cycle=True).items():
+        name, _, cycle = key.rpartition(";")
+        if name not in best or int(cycle) > best[name][0]:
+            best[name] = (int(cycle), classname)
+    return {name: classname for name, (_, classname) in best.items()}
+
+
+def _parse_meta(path: str | Path, text: Any) -> dict[str, Any]:
+    try:
+        meta = json.loads(str(text))
+    except ValueError as error:
+        raise HistogramFileError(path, f"{META_KEY} is not JSON ({error})") from None
+    if not isinstance(meta, dict):
+        raise HistogramFileError(path, f"{META_KEY} is not a JSON object")
+    return meta
+
+
+def _array(model: Any) -> FloatArray:
+    return np.asarray(model, dtype=np.float64)
+
+
+def _contents(obj: Any) -> FloatArray:
+    """The bin array: the TArrayF/TArrayD a histogram class derives from (TProfile via TH1D)."""
+    while not obj.classname.startswith("TArray"):
+        obj = obj.bases[-1]
+    return _array(obj)
+
+
+def _axis_from_uproot(taxis: Any) -> Axis:
+    nbins = int(taxis.member("fNbins"))
+    edges = _array(taxis.member("fXbins"))
+    if len(edges) != nbins + 1:  # a regular axis stores only its range
+        edges = np.linspace(taxis.member("fXmin"), taxis.member("fXmax"), nbins + 1)
+    labels = taxis.member("fLabels")
+    label_tuple = None
+    if labels is not None and len(labels):
+        by_bin = {int(label.member("@fUniqueID")): str(label) for label in labels}
+        label_tuple = tuple(by_bin.get(i, "") for i in range(1, nbins + 1))
+    return Axis(edges, str(taxis.member("fTitle")), label_tuple)
+
+
+def _grid(flat: FloatArray, axes: tuple[Axis, ...]) -> FloatArray:
+    """ROOT's flat bin order (x fastest) as an ``[ix, iy]`` array."""
+    if len(axes) == 1:
+        return flat
+    return flat.reshape(axes[1].nbins + 2, axes[0].nbins + 2).T.copy()
+
+
+def hist_from_uproot(obj: Any) -> Hist:
+    """A ``Hist`` from uproot's model of a TH1, TH2 or TProfile."""
+    classname = str(obj.classname)
+    family = family_of(classname)
+    axis_members = ("fXaxis", "fYaxis") if family == "TH2" else ("fXaxis",)
+    axes = tuple(_axis_from_uproot(obj.member(m)) for m in axis_members)
+    data = _contents(obj)
+    sumw2 = _array(obj.member("fSumw2"))
+    stats = {key: float(obj.member(key)) for key in STATS_KEYS[family]}
+    header = (str(obj.member("fName")), str(obj.member("fTitle")), classname, axes)
+    entries = float(obj.member("fEntries"))
+    if family != "TProfile":
+        # Without fSumw2 ROOT takes the errors from the contents: unweighted fills.
+        squares = sumw2 if len(sumw2) else data.copy()
+        return Hist(*header, _grid(data, axes), _grid(squares, axes), entries, stats)
+    bin_entries = _array(obj.member("fBinEntries"))
+    bin_sumw2 = _array(obj.member("fBinSumw2"))
+    return Hist(
+        *header,
+        bin_entries,
+        bin_sumw2 if len(bin_sumw2) else bin_entries.copy(),
+        entries,
+        stats,
+        sumwy=data,
+        sumwy2=sumw2 if len(sumw2) else np.zeros_like(data),
+    )
+
+
+def write_histograms(path: str | Path, hists: Mapping[str, Hist], meta: Mapping[str, Any]) -> None:
+    """Write ``hists`` (by path in the file) and ``meta`` to a ROOT file, atomically.
+
+    Histograms are written as TH1D, TH2D or TProfile, readable by uproot, ROOT and JSROOT;
+    ``meta`` (JSON-able) goes into the TObjString ``META_KEY``. The file is written under a
+    temporary name and renamed, so ``path`` is at every instant either absent, the old
+    complete file or the new complete one; a leftover temporary file from a killed writer
+    is simply overwritten by the next write.
+    """
+    path = Path(path)
+    part = path.with_name(path.name + ".part")
+    text = json.dumps(dict(meta), ensure_ascii=True, sort_keys=True)
+    try:
+        with uproot.recreate(part, compression=None) as file:
+            for key, hist in hists.items():
+                file[key] = to_uproot(hist)
+            file[META_KEY] = text
+        _fsync(part)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    os.replace(part, path)
+
+
+def _fsync(path: Path) -> None:
+    """Flush to disk before the rename, so a machine crash cannot leave a renamed empty file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _taxis(name: str, axis: Axis) -> Any:
+    labels = None
+    if axis.labels is not None:
+        strings = []
+        for index, label in enumerate(axis.labels, start=1):
+            string = build.to_TObjString(label)
+            # ROOT finds a label's bin through the TObjString's unique id.
+            string.bases[0]._members["@fUniqueID"] = index
+            strings.append(string)
+        labels = build.to_THashList(strings)
+    edges = axis.edges
+    return build.to_TAxis(
+        name,
+        axis.title,
+        axis.nbins,
+        float(edges[0]),
+        float(edges[-1]),
+        fXbins=np.array([], dtype=np.float64) if axis.regular else edges,
+        fLabels=labels,
+    )
+
+
+def _flat(grid: FloatArray) -> FloatArray:
+    """An ``[ix, iy]`` array in ROOT's flat bin order (x fastest)."""
+    return np.ascontiguousarray(grid.T).ravel()
+
+
+def to_uproot(hist: Hist) -> Any:
+    """uproot's writable model of ``hist``: a TH1D, TH2D or TProfile."""
+    stats = {key: hist.stats.get(key, 0.0) for key in STATS_KEYS[hist.family]}
+    xaxis = _taxis("xaxis", hist.axes[0])
+    if hist.family == "TH1":
+        return build.to_TH1x(
+            hist.name, hist.title, hist.sumw, hist.entries, **stats, fSumw2=hist.sumw2, fXaxis=xaxis
+        )
+    if hist.family == "TH2":
+        return build.to_TH2x(
+            hist.name,
+            hist.title,
+            _flat(hist.sumw),
+            hist.entries,
+            **stats,
+            fSumw2=_flat(hist.sumw2),
+            fXaxis=xaxis,
+            fYaxis=_taxis("yaxis", hist.axes[1]),
+        )
+    assert hist.sumwy is not None and hist.sumwy2 is not None
+    return build.to_TProfile(
+        hist.name,
+        hist.title,
+        hist.sumwy,
+        hist.entries,
+        **stats,
+        fSumw2=hist.sumwy2,
+        fBinEntries=hist.sumw,
+        fBinSumw2=hist.sumw2,
+        fXaxis=xaxis,
+    )
