@@ -274,6 +274,18 @@ class Database:
             yield connection
 
     @contextmanager
+    def one_statement(self) -> Iterator[sa.Connection]:
+        """A connection for a change made by one statement, which is atomic by itself: on
+        a server it runs in autocommit, sparing the BEGIN and COMMIT round trips; on
+        SQLite it is an ordinary transaction (which queues for the write lock)."""
+        if self.read_engine is self.engine:
+            with self.transaction() as connection:
+                yield connection
+        else:
+            with self.read_engine.connect() as connection:
+                yield connection
+
+    @contextmanager
     def read_connection(self) -> Iterator[sa.Connection]:
         """A Core connection for reading only (on SQLite it takes no write lock)."""
         with self.read_engine.connect() as connection:

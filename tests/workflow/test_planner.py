@@ -11,7 +11,7 @@ from runwatch.db import Database, utcnow
 from runwatch.workflow import planner
 from runwatch.workflow.models import Task, TaskDependency
 from runwatch.workflow.revisions import PipelineFolder, RevisionCache, record_revisions
-from runwatch.workflow.service import transition_each
+from runwatch.workflow.service import release_overlooked, transition_each
 from runwatch.workflow.states import TaskState
 from tests.workflow.engine import CHAIN, announce_run
 
@@ -92,3 +92,29 @@ def test_a_batch_of_transitions_moves_only_the_tasks_still_in_the_old_state(
     assert rows[cancelled].state is TaskState.CANCELLED
     assert all(rows[i].state is TaskState.SUBMITTED for i in moved)
     assert all(rows[i].inputs == [f"file:///in/{i}"] for i in moved)
+
+
+def test_a_task_whose_needs_all_ended_without_releasing_it_is_released_by_the_sweep(
+    any_db: Database, tmp_path: Path
+) -> None:
+    """Two needed tasks that end at the same moment on a server can each miss the other's
+    commit; the scheduler's sweep then makes the task that needs them READY."""
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "chain.yaml").write_text(CHAIN)
+    announce_run(any_db, tmp_path / "raw", 1, 2)
+    plan(any_db, tmp_path / "p")
+    with any_db.session() as s:
+        merge = s.scalar(sa.select(Task.id).where(Task.step == "merge"))
+        assert merge is not None
+        # Every file task ended, but nobody released the merge (the race's outcome).
+        s.execute(sa.update(Task).where(Task.step != "merge").values(state=TaskState.DONE))
+        s.execute(sa.update(Task).where(Task.id == merge).values(state=TaskState.WAITING))
+    with any_db.transaction() as tx:
+        assert release_overlooked(tx, utcnow()) == 1
+        assert release_overlooked(tx, utcnow()) == 0, "released once"
+    with any_db.session() as s:
+        assert s.get(Task, merge).state is TaskState.READY  # type: ignore[union-attr]
+        s.execute(sa.update(Task).where(Task.step == "hist").values(state=TaskState.RUNNING))
+        s.execute(sa.update(Task).where(Task.id == merge).values(state=TaskState.WAITING))
+    with any_db.transaction() as tx:
+        assert release_overlooked(tx, utcnow()) == 0, "a need still running holds it back"

@@ -44,7 +44,7 @@ from runwatch.workflow.service import (
     Claim,
     OutputRecord,
     RetryPolicy,
-    claim_attempt,
+    claim_attempt_at_once,
     finish_attempt,
     heartbeat,
 )
@@ -161,8 +161,8 @@ def _run_attempt(db: Database, attempt_id: int, host: str) -> int:
 def claim(db: Database, attempt_id: int, host: str) -> Claim | None:
     """Take the attempt (SUBMITTED → RUNNING) and learn its job, in one transaction; None
     if it is not ours to run (given up, cancelled, or taken by another worker)."""
-    with db.transaction() as tx:
-        return claim_attempt(tx, attempt_id, host, utcnow())
+    with db.one_statement() as connection:
+        return claim_attempt_at_once(connection, attempt_id, host, utcnow())
 
 
 def run_claimed(

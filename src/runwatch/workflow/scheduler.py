@@ -46,6 +46,7 @@ from runwatch.workflow.service import (
     RetryPolicy,
     block_dependents,
     finish_attempt,
+    release_overlooked,
     transition,
     transition_each,
 )
@@ -139,6 +140,7 @@ class Scheduler:
                 self.book = record_revisions(session, self.folder.loaded)
             report.planned += planner.plan_new_files(session, self.book, now)
             _end_backoffs(session, now)
+            release_overlooked(session, now)
             runs = planner.active_runs(session)
             report.planned += planner.plan_run_tasks(session, self.revisions, now, runs)
         report.ended += self.supervise()
