@@ -318,23 +318,56 @@ def read_histograms(path: str | Path, names: Collection[str] | None = None) -> d
 
 
 def read_file(path: str | Path, names: Collection[str] | None = None) -> HistFile:
-    """The histograms, metadata and skipped objects of a ROOT file; see ``read_histograms``."""
+    """The histograms, metadata and skipped objects of a ROOT file; see ``read_histograms``.
+
+    The fast decoder (``fastread``) reads what it knows; uproot reads anything else, and
+    the whole file when the decoder cannot, so that uproot says what is wrong with it.
+    """
+    # Imported here: fastread builds on this module's types.
+    from runwatch.dqm import fastread
+
+    wanted = None if names is None else set(names)
+    try:
+        fast = fastread.read_fast(path, META_KEY, wanted)
+    except Exception:
+        return _read_with_uproot(path, wanted, None)
+    result = HistFile(fast.hists, skipped=_skip_notes(fast.skipped))
+    if META_KEY in fast.strings:
+        result.meta = _parse_meta(path, fast.strings[META_KEY])
+    if fast.fallback:
+        result.hists.update(_read_with_uproot(path, wanted, set(fast.fallback)).hists)
+    return result
+
+
+def _skip_notes(classes: Mapping[str, str]) -> dict[str, str]:
+    return {
+        key: f"unsupported class {classname}"
+        for key, classname in classes.items()
+        if classname.startswith(("TH", "TProfile"))
+    }
+
+
+def _read_with_uproot(path: str | Path, wanted: set[str] | None, only: set[str] | None) -> HistFile:
+    """uproot's full object model: every object (or just ``only``) of the file."""
     with _reading(path):
         file = uproot.open(path)
     with file:
         result = HistFile({})
-        wanted = None if names is None else set(names)
         with _reading(path):
             objects = _latest_cycles(file)
+        skipped = {}
         for key, classname in objects.items():
+            if only is not None and key not in only:
+                continue
             if key == META_KEY:
                 result.meta = _parse_meta(path, _fetch(file, key))
             elif wanted is not None and key not in wanted:
                 continue
             elif classname in SUPPORTED_CLASSES:
-                result.hists[key] = hist_from_uproot(_fetch(file, key))
-            elif classname.startswith(("TH", "TProfile")):
-                result.skipped[key] = f"unsupported class {classname}"
+                result.hists[key] = _convert(path, key, _fetch(file, key))
+            else:
+                skipped[key] = classname
+        result.skipped = _skip_notes(skipped)
         return result
 
 
@@ -349,6 +382,13 @@ def _reading(path: str | Path) -> Iterator[None]:
         # uproot reports a damaged file through many exception types (ValueError, OSError,
         # zlib/lz4 errors, DeserializationError, ...): at this edge all of them mean the same.
         raise HistogramFileError(path, f"not a readable ROOT file ({error})") from error
+
+
+def _convert(path: str | Path, key: str, obj: Any) -> Hist:
+    try:
+        return hist_from_uproot(obj)
+    except ValueError as error:
+        raise HistogramFileError(path, f"{key}: {error}") from None
 
 
 def _fetch(file: Any, key: str) -> Any:
@@ -400,11 +440,15 @@ def _axis_from_uproot(taxis: Any) -> Axis:
     return Axis(edges, str(taxis.member("fTitle")), label_tuple)
 
 
-def _grid(flat: FloatArray, axes: tuple[Axis, ...]) -> FloatArray:
-    """ROOT's flat bin order (x fastest) as an ``[ix, iy]`` array."""
+def regrid(flat: FloatArray, axes: tuple[Axis, ...]) -> FloatArray:
+    """ROOT's flat bin order (x fastest) as an ``[ix, iy]`` array; ValueError on a size mismatch."""
+    shape = tuple(axis.nbins + 2 for axis in axes)
+    if flat.size != np.prod(shape):
+        bins = " x ".join(str(n) for n in shape)
+        raise ValueError(f"{flat.size} bin values for {bins} bins (flow bins included)")
     if len(axes) == 1:
         return flat
-    return flat.reshape(axes[1].nbins + 2, axes[0].nbins + 2).T.copy()
+    return flat.reshape(shape[::-1]).T.copy()
 
 
 def hist_from_uproot(obj: Any) -> Hist:
@@ -421,7 +465,7 @@ def hist_from_uproot(obj: Any) -> Hist:
     if family != "TProfile":
         # Without fSumw2 ROOT takes the errors from the contents: unweighted fills.
         squares = sumw2 if len(sumw2) else data.copy()
-        return Hist(*header, _grid(data, axes), _grid(squares, axes), entries, stats)
+        return Hist(*header, regrid(data, axes), regrid(squares, axes), entries, stats)
     bin_entries = _array(obj.member("fBinEntries"))
     bin_sumw2 = _array(obj.member("fBinSumw2"))
     return Hist(
