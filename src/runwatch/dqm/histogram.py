@@ -350,6 +350,10 @@ def _skip_notes(classes: Mapping[str, str]) -> dict[str, str]:
 def _read_with_uproot(path: str | Path, wanted: set[str] | None, only: set[str] | None) -> HistFile:
     """uproot's full object model: every object (or just ``only``) of the file."""
     with _reading(path):
+        with open(path, "rb") as stream:
+            magic = stream.read(4)
+        if magic != b"root":
+            raise HistogramFileError(path, f"not a ROOT file (it starts with {magic!r})")
         file = uproot.open(path)
     with file:
         result = HistFile({})
@@ -376,12 +380,15 @@ def _reading(path: str | Path) -> Iterator[None]:
     """Turn uproot's errors on a damaged file into one ``HistogramFileError``."""
     try:
         yield
+    except HistogramFileError:
+        raise
     except FileNotFoundError:
         raise HistogramFileError(path, "no such file") from None
     except Exception as error:
         # uproot reports a damaged file through many exception types (ValueError, OSError,
         # zlib/lz4 errors, DeserializationError, ...): at this edge all of them mean the same.
-        raise HistogramFileError(path, f"not a readable ROOT file ({error})") from error
+        reason = " ".join(str(error).split())  # uproot's messages span several lines
+        raise HistogramFileError(path, f"not a readable ROOT file ({reason})") from error
 
 
 def _convert(path: str | Path, key: str, obj: Any) -> Hist:
