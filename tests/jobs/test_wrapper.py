@@ -172,6 +172,7 @@ def test_success_stores_outputs_with_checksums_and_records_usage(
     assert attempt.cpu_s is not None and attempt.cpu_s > 0.05
     assert attempt.peak_rss_mb is not None and attempt.peak_rss_mb > 60
     assert attempt.log_tail is not None and "step finished" in attempt.log_tail
+    assert attempt.command is not None and "step finished" in attempt.command
     assert sorted(o.name for o in outputs) == ["calib", "rec"]
     dest = tmp_path / "data" / "Physics"
     for out in outputs:

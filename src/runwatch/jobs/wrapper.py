@@ -44,7 +44,9 @@ from runwatch.workflow.service import (
     Claim,
     OutputRecord,
     RetryPolicy,
+    can_finish_at_once,
     claim_attempt_at_once,
+    finish_at_once,
     finish_attempt,
     heartbeat,
 )
@@ -233,8 +235,12 @@ def _finish(
     policy: RetryPolicy,
     claimed: Claim | None,
 ) -> bool:
+    at_once = can_finish_at_once(db.engine.dialect.name, outcome, claimed)
     for attempt in range(RECORD_RETRIES):
         try:
+            if at_once:
+                with db.one_statement() as connection:
+                    return finish_at_once(connection, attempt_id, outcome, utcnow())
             with db.transaction() as tx:
                 return finish_attempt(tx, attempt_id, outcome, policy, utcnow(), claim=claimed)
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
