@@ -189,6 +189,15 @@ def claim_attempt(tx: Transaction, attempt_id: int, host: str, now: dt.datetime)
     return claim
 
 
+def _attempt_moved(old: AttemptState, new: AttemptState) -> sa.Update:
+    """``UPDATE attempts SET state = new WHERE id = :attempt_id AND state = old``."""
+    return (
+        sa.update(ATTEMPTS)
+        .where(ATTEMPTS.c.id == sa.bindparam("attempt_id"), ATTEMPTS.c.state == old)
+        .values(state=new)
+    )
+
+
 def _claim_in_one_statement() -> sa.Select[Any]:
     """PostgreSQL: ``claim_attempt`` as one statement (data-modifying CTEs), so that a
     worker takes its attempt in one round trip to the server instead of five. Each UPDATE
@@ -196,14 +205,8 @@ def _claim_in_one_statement() -> sa.Select[Any]:
     on (the attempt is then taken but not run, as in ``claim_attempt``)."""
     now = sa.bindparam("now", type_=ATTEMPTS.c.started_at.type)
     attempt = (
-        sa.update(ATTEMPTS)
-        .where(
-            ATTEMPTS.c.id == sa.bindparam("attempt_id"),
-            ATTEMPTS.c.state == AttemptState.SUBMITTED,
-        )
-        .values(
-            state=AttemptState.RUNNING, host=sa.bindparam("host"), started_at=now, heartbeat_at=now
-        )
+        _attempt_moved(AttemptState.SUBMITTED, AttemptState.RUNNING)
+        .values(host=sa.bindparam("host"), started_at=now, heartbeat_at=now)
         .returning(
             ATTEMPTS.c.task_id,
             ATTEMPTS.c.number,
@@ -377,15 +380,8 @@ def _success_in_one_statement(n_outputs: int) -> sa.Select[Any]:
     """
     now = sa.bindparam("now", type_=TASKS.c.updated_at.type)
     attempt = (
-        sa.update(ATTEMPTS)
-        .where(
-            ATTEMPTS.c.id == sa.bindparam("attempt_id"),
-            ATTEMPTS.c.state == AttemptState.RUNNING,
-        )
-        .values(
-            state=AttemptState.SUCCEEDED,
-            **{c: sa.bindparam(f"a_{c}", type_=ATTEMPTS.c[c].type) for c in _ATTEMPT_END_COLUMNS},
-        )
+        _attempt_moved(AttemptState.RUNNING, AttemptState.SUCCEEDED)
+        .values({c: sa.bindparam(f"a_{c}", type_=ATTEMPTS.c[c].type) for c in _ATTEMPT_END_COLUMNS})
         # No command in the outcome: keep the one rendered at submission.
         .values(command=sa.func.coalesce(sa.bindparam("a_command"), ATTEMPTS.c.command))
         .returning(ATTEMPTS.c.task_id)
