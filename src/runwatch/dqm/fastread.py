@@ -290,6 +290,9 @@ def _all_keys(data: memoryview) -> list[Key]:
     if bytes(data[:4]) != b"root":
         raise ValueError("not a ROOT file (no 'root' magic)")
     version, begin = struct.unpack_from(">ii", data, 4)
+    end = struct.unpack_from(">q" if version >= 1000000 else ">i", data, 12)[0]
+    if len(data) < end:
+        raise ValueError(f"truncated: {len(data)} bytes, its header says {end}")
     nbytes_name = struct.unpack_from(">i", data, 36 if version >= 1000000 else 28)[0]
     pending = [(_seek_keys(data, begin + nbytes_name), "")]
     best: dict[str, Key] = {}

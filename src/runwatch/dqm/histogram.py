@@ -317,16 +317,21 @@ def read_histograms(path: str | Path, names: Collection[str] | None = None) -> d
     return read_file(path, names).hists
 
 
-def read_file(path: str | Path, names: Collection[str] | None = None) -> HistFile:
+def read_file(
+    path: str | Path, names: Collection[str] | None = None, *, fast: bool = True
+) -> HistFile:
     """The histograms, metadata and skipped objects of a ROOT file; see ``read_histograms``.
 
     The fast decoder (``fastread``) reads what it knows; uproot reads anything else, and
     the whole file when the decoder cannot, so that uproot says what is wrong with it.
+    ``fast=False`` reads everything with uproot's object model (to compare the two).
     """
     # Imported here: fastread builds on this module's types.
     from runwatch.dqm import fastread
 
     wanted = None if names is None else set(names)
+    if not fast:
+        return _read_with_uproot(path, wanted, None)
     try:
         fast = fastread.read_fast(path, META_KEY, wanted)
     except Exception:
@@ -355,6 +360,10 @@ def _read_with_uproot(path: str | Path, wanted: set[str] | None, only: set[str] 
         if magic != b"root":
             raise HistogramFileError(path, f"not a ROOT file (it starts with {magic!r})")
         file = uproot.open(path)
+        size, end = os.path.getsize(path), file.file.fEND
+    if size < end:
+        file.close()  # ROOT's own check: the header records where the file ends
+        raise HistogramFileError(path, f"truncated: {size} bytes, its header says {end}")
     with file:
         result = HistFile({})
         with _reading(path):
