@@ -333,14 +333,14 @@ def read_file(
     if not fast:
         return _read_with_uproot(path, wanted, None)
     try:
-        fast = fastread.read_fast(path, META_KEY, wanted)
+        decoded = fastread.read_fast(path, META_KEY, wanted)
     except Exception:
         return _read_with_uproot(path, wanted, None)
-    result = HistFile(fast.hists, skipped=_skip_notes(fast.skipped))
-    if META_KEY in fast.strings:
-        result.meta = _parse_meta(path, fast.strings[META_KEY])
-    if fast.fallback:
-        result.hists.update(_read_with_uproot(path, wanted, set(fast.fallback)).hists)
+    result = HistFile(decoded.hists, skipped=_skip_notes(decoded.skipped))
+    if META_KEY in decoded.strings:
+        result.meta = _parse_meta(path, decoded.strings[META_KEY])
+    if decoded.fallback:
+        result.hists.update(_read_with_uproot(path, wanted, set(decoded.fallback)).hists)
     return result
 
 
