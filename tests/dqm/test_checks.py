@@ -332,6 +332,9 @@ def test_check_file_structural_errors() -> None:
         "histograms:\n  h: [1]\n": "checks.yaml:2: histograms.h: expected a mapping",
         "histograms:\n  h: {c: {kind: entries, bad: {min: 1}}\n": "checks.yaml:3: YAML syntax",
         "reference: {window: 0}\nhistograms: {}\n": "checks.yaml:1: reference.window: expected",
+        "histograms: {}\n": "checks.yaml:1: histograms: expected at least one histogram",
+        "histograms: {h: {}}\n": "checks.yaml:1: histograms.h: expected at least one check",
+        "checks: {}\n": "checks.yaml:1: unknown key 'checks'",
     }
     for text, start in cases.items():
         with pytest.raises(CheckSpecError) as exc:

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from runwatch.dqm.histogram import Axis, Hist
+from runwatch.dqm.histogram import Axis, Hist, read_histograms
 from runwatch.dqm.pmtstatus import (
     CODES,
     DEFAULT_CUTS,
@@ -19,6 +20,7 @@ from runwatch.dqm.pmtstatus import (
     status_from_fraction,
     status_from_hists,
 )
+from runwatch.experiments.juno import formats, hist, rootio
 from runwatch.experiments.juno.geometry import load_geometry
 from runwatch.experiments.juno.physics import make_pmt_truth, simulate_chunk
 
@@ -136,13 +138,22 @@ def test_status_from_hists_reads_pmt_hits_without_flow_bins() -> None:
     assert status.n_events == 1000
 
 
-def test_simulated_dead_and_hot_pmts_are_all_found_and_none_invented() -> None:
+def test_simulated_dead_and_hot_pmts_are_all_found_and_none_invented(tmp_path: Path) -> None:
     rng = np.random.default_rng(11)
     geometry = load_geometry()
     truth = make_pmt_truth(rng, geometry.n_pmt, dead=40, hot=12)
     raw, _ = simulate_chunk(rng, geometry, truth, 300, waves=False)
-    hits = np.bincount(raw.pmt_id, minlength=geometry.n_pmt)
-    status = pmt_status(hits, len(raw), DEFAULT_CUTS.override(min_events=300))
+    # Through the chain's own files: a calib file (ADC counts stand in for charges, which
+    # the per-PMT counts ignore), the hist step, and the histograms read back.
+    branches = {k: v for k, v in raw.branches().items() if k in formats.CALIB_BRANCHES}
+    branches |= {"npe": raw.branches()["adc"], "time_ns": raw.branches()["tdc"]}
+    with rootio.TreeWriter(tmp_path / "c.root", formats.CALIB_TREE, formats.CALIB_BRANCHES) as w:
+        w.extend(branches)
+    hist.run_hist(tmp_path / "c.root", None, tmp_path / "h.root", n_pmt=geometry.n_pmt)
+    hists = read_histograms(tmp_path / "h.root", ["pmt_hits", "n_events"])
+    cuts = DEFAULT_CUTS.override(min_events=300)
+    status = status_from_hists(hists["pmt_hits"], hists["n_events"], cuts)
+    assert status.n_events == 300
     assert status.ids(D).tolist() == np.flatnonzero(truth.dead).tolist()
     assert status.ids(H).tolist() == np.flatnonzero(truth.hot).tolist()
     assert status.counts()[N] > 0.9 * geometry.n_pmt

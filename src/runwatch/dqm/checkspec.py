@@ -188,6 +188,8 @@ class _CheckParser(_Parser):
         histograms = self.mapping(
             top["histograms"].value, "histograms", "a mapping of histogram names to checks"
         )
+        if not histograms:
+            self.fail(top["histograms"].value, "histograms", "expected at least one histogram")
         specs: list[CheckSpec] = []
         for hist_name, hist_entry in histograms.items():
             field = f"histograms.{hist_name}"
