@@ -428,6 +428,19 @@ def test_bin_content_check_names_the_first_bin_outside() -> None:
         evaluate_histogram(spec("bin_content", bins=(1, 6), bad=Limits(max=1)), hist)
 
 
+def test_bin_content_of_a_2d_histogram_looks_at_x_bins_and_every_y_bin() -> None:
+    edges = np.array([0.0, 1.0, 2.0, 3.0])
+    sumw = np.ones((5, 5))
+    sumw[2, 3] = 80.0  # x bin 2, y bin 3
+    sumw[4, 4] = 1000.0  # overflow in x and y: outside the checked bins
+    hist = Hist("h2", "", "TH2D", (Axis(edges), Axis(edges)), sumw, sumw.copy(), 1000.0)
+    result = evaluate_histogram(spec("bin_content", bad=Limits(max=50)), hist)
+    assert result.verdict is BAD
+    assert result.reason.startswith("1 of 9 bins 1..3 outside the bad limits; first: bin 2 = 80")
+    only_x1 = spec("bin_content", bins=(1, 1), bad=Limits(max=50))
+    assert evaluate_histogram(only_x1, hist).verdict is GOOD
+
+
 def test_empty_histogram_or_reference_gives_the_on_empty_verdict() -> None:
     full, empty = hist1d([3.0, 4.0]), hist1d([0.0, 0.0])
     check = spec("ks", bad=Limits(min=0.01))

@@ -154,27 +154,22 @@ def _bin_content(spec: CheckSpec, hist: Hist) -> CheckResult:
     if content.ndim == 2:
         content = content[:, 1:-1]
     values = {"min": float(content.min()), "max": float(content.max())}
+    span = f"{first}..{last}"
     for verdict, limits in ((Verdict.BAD, spec.bad), (Verdict.WARNING, spec.warning)):
         if limits is None:
             continue
-        low = np.zeros(content.shape, bool) if limits.min is None else content < limits.min
-        high = np.zeros(content.shape, bool) if limits.max is None else content > limits.max
+        low = content < (-math.inf if limits.min is None else limits.min)
+        high = content > (math.inf if limits.max is None else limits.max)
         outside = low | high
         if outside.any():
-            where = np.argwhere(outside)[0]
-            bin_no = first + int(where[0])
-            worst = float(content[tuple(where)])
-            which = "< " + f"{limits.min:g}" if low[tuple(where)] else f"> {limits.max:g}"
+            at = tuple(np.argwhere(outside)[0])
+            how = f"< {limits.min:g}" if low[at] else f"> {limits.max:g}"
             reason = (
-                f"{int(outside.sum())} of {outside.size} bins {_range(first, last)} outside "
-                f"the {verdict} limits; first: bin {bin_no} = {worst:.4g} {which} ({verdict})"
+                f"{int(outside.sum())} of {outside.size} bins {span} outside the {verdict} "
+                f"limits; first: bin {first + int(at[0])} = {content[at]:.4g} {how} ({verdict})"
             )
             return _result(spec, verdict, reason, values)
-    return _result(spec, Verdict.GOOD, f"bins {_range(first, last)} within limits (good)", values)
-
-
-def _range(first: int, last: int) -> str:
-    return f"{first}..{last}"
+    return _result(spec, Verdict.GOOD, f"bins {span} within limits (good)", values)
 
 
 # -- channel-status checks --------------------------------------------------------------
