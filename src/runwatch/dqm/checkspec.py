@@ -16,7 +16,7 @@ A check file (format in docs/dqm.md, "Checks and PMT status")::
           shadow: true
 
 Errors name the file, the line and the field ("checks.yaml:7: histograms.energy.shape.bad:
-..."), using the YAML node checking of ``runwatch.workflow.pipeline_file``, so that pipeline
+..."), using the YAML node checking of ``runwatch.yamlnodes``, so that pipeline
 and check files report problems alike. References are only parsed here; the DQM service
 resolves ``run N`` or a window of recent good runs into histograms.
 """
@@ -27,13 +27,12 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
 
-import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode
 
 from runwatch.dqm.verdict import Verdict
-from runwatch.workflow.pipeline_file import PipelineError, _kind, _Parser, _syntax_error
+from runwatch.yamlnodes import NodeReader, YamlFileError, composed, node_kind
 
 CheckKind = Literal[
     "ks", "chi2", "entries", "mean", "rms", "bin_content", "dead", "hot", "new_dead", "new_hot"
@@ -64,11 +63,8 @@ KIND_KEYS: dict[str, tuple[str, ...]] = {
 LIMIT_KEYS = ("min", "max")
 
 
-class CheckSpecError(PipelineError):
+class CheckSpecError(YamlFileError):
     """One problem in a check file: ``str()`` is "path:line: field: problem"."""
-
-    def __reduce__(self) -> tuple[type[CheckSpecError], tuple[Any, ...]]:
-        return (CheckSpecError, (self.path, self.line, self.field, self.problem, self.column))
 
 
 @dataclass(frozen=True)
@@ -140,17 +136,8 @@ class CheckSpec:
 
 def parse_checks(text: str, path: str | Path) -> list[CheckSpec]:
     """Parse and validate a check file's text; raise CheckSpecError for the first problem."""
-    loader = yaml.SafeLoader(text)
-    try:
-        try:
-            root = loader.get_single_node()
-        except yaml.MarkedYAMLError as exc:
-            raise _as_check_error(_syntax_error(path, exc)) from exc
-        except yaml.YAMLError as exc:
-            raise CheckSpecError(path, None, "", f"YAML error: {exc}") from exc
+    with composed(text, path, CheckSpecError) as (root, loader):
         return _CheckParser(path, loader).checks(root)
-    finally:
-        loader.dispose()
 
 
 def load_checks(path: str | Path) -> list[CheckSpec]:
@@ -164,16 +151,10 @@ def load_checks(path: str | Path) -> list[CheckSpec]:
     return parse_checks(text, path)
 
 
-def _as_check_error(exc: PipelineError) -> CheckSpecError:
-    return CheckSpecError(exc.path, exc.line, exc.field, exc.problem, exc.column)
+class _CheckParser(NodeReader):
+    """The check schema on top of the YAML node checks."""
 
-
-class _CheckParser(_Parser):
-    """The pipeline file's node checks, raising CheckSpecError, plus the check schema."""
-
-    def fail(self, node: Node | None, field: str, problem: str) -> NoReturn:
-        line = None if node is None else node.start_mark.line + 1
-        raise CheckSpecError(self.path, line, field, problem)
+    error = CheckSpecError
 
     def checks(self, root: Node | None) -> list[CheckSpec]:
         if root is None:
@@ -234,24 +215,24 @@ class _CheckParser(_Parser):
         for kind in KINDS:
             if value == kind:
                 return kind
-        self.fail(node, field, f"expected one of {', '.join(KINDS)}; got {_kind(node)}")
+        self.fail(node, field, f"expected one of {', '.join(KINDS)}; got {node_kind(node)}")
 
     def choice(self, node: Node, field: str, allowed: tuple[str, ...]) -> str:
         value = self.value(node)
         if not isinstance(value, str) or value not in allowed:
-            self.fail(node, field, f"expected one of {', '.join(allowed)}; got {_kind(node)}")
+            self.fail(node, field, f"expected one of {', '.join(allowed)}; got {node_kind(node)}")
         return value
 
     def flag(self, node: Node, field: str) -> bool:
         value = self.value(node)
         if not isinstance(value, bool):
-            self.fail(node, field, f"expected true or false, got {_kind(node)}")
+            self.fail(node, field, f"expected true or false, got {node_kind(node)}")
         return value
 
     def number(self, node: Node, field: str) -> float:
         value = self.value(node)
         if isinstance(value, bool) or not isinstance(value, int | float):
-            self.fail(node, field, f"expected a number, got {_kind(node)}")
+            self.fail(node, field, f"expected a number, got {node_kind(node)}")
         if not math.isfinite(value):
             self.fail(node, field, "expected a finite number")
         return float(value)
@@ -328,7 +309,7 @@ class _CheckParser(_Parser):
         words = value.split() if isinstance(value, str) else []
         if len(words) == 2 and words[0] == "run" and words[1].isdigit() and int(words[1]) > 0:
             return ReferenceRun(int(words[1]))
-        self.fail(node, field, f"expected 'run N' or {{window: N}}, got {_kind(node)}")
+        self.fail(node, field, f"expected 'run N' or {{window: N}}, got {node_kind(node)}")
 
     def bins(self, node: Node, field: str) -> tuple[int, int]:
         value = self.value(node)

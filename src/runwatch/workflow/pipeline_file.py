@@ -8,17 +8,15 @@ never stops the others. The format is described in docs/pipelines.md.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.nodes import Node
 
 from runwatch.workflow.spec import Pipeline, Scope, Step
 from runwatch.workflow.templates import (
@@ -26,6 +24,13 @@ from runwatch.workflow.templates import (
     check_template,
     output_path_problem,
     template_variables,
+)
+from runwatch.yamlnodes import (
+    Entry,
+    NodeReader,
+    YamlFileError,
+    composed,
+    node_kind,
 )
 
 PIPELINE_SUFFIXES = (".yaml", ".yml")
@@ -57,35 +62,10 @@ DURATION_UNIT_S = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 # Template variables of each scope (see the Step docstring); ``outputs`` only in commands.
 COMMON_VARIABLES = frozenset({"run", "inputs", "task", "threads", "sample_fraction", "params"})
 SCOPE_VARIABLES = {"file": COMMON_VARIABLES | {"file"}, "run": COMMON_VARIABLES}
-MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-class PipelineError(ValueError):
+class PipelineError(YamlFileError):
     """One problem in a pipeline file: ``str()`` is "path:line: field: problem"."""
-
-    def __init__(
-        self,
-        path: str | Path,
-        line: int | None,
-        field: str,
-        problem: str,
-        column: int | None = None,
-    ) -> None:
-        super().__init__(problem)
-        self.path = str(path)
-        self.line = line
-        self.column = column
-        self.field = field
-        self.problem = problem
-
-    def __reduce__(self) -> tuple[type[PipelineError], tuple[Any, ...]]:
-        return (PipelineError, (self.path, self.line, self.field, self.problem, self.column))
-
-    def __str__(self) -> str:
-        where = self.path if self.line is None else f"{self.path}:{self.line}"
-        return (
-            f"{where}: {self.field}: {self.problem}" if self.field else f"{where}: {self.problem}"
-        )
 
 
 @dataclass(frozen=True)
@@ -104,31 +84,8 @@ def digest_of(text: str) -> str:
 
 def parse_pipeline(text: str, path: str | Path) -> Pipeline:
     """Parse and check a pipeline file's text; raise PipelineError for the first problem."""
-    loader = yaml.SafeLoader(text)
-    try:
-        try:
-            root = loader.get_single_node()
-        except yaml.MarkedYAMLError as exc:
-            raise _syntax_error(path, exc) from exc
-        except yaml.YAMLError as exc:
-            raise PipelineError(path, None, "", f"YAML error: {exc}") from exc
+    with composed(text, path, PipelineError) as (root, loader):
         return _Parser(path, loader).pipeline(root)
-    finally:
-        loader.dispose()
-
-
-def _syntax_error(path: str | Path, exc: yaml.MarkedYAMLError) -> PipelineError:
-    mark = exc.problem_mark or exc.context_mark
-    problem = " ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
-    if mark is None:
-        return PipelineError(path, None, "", f"YAML syntax error: {problem}")
-    return PipelineError(
-        path,
-        mark.line + 1,
-        "",
-        f"YAML syntax error at column {mark.column + 1}: {problem}",
-        column=mark.column + 1,
-    )
 
 
 def load_pipeline(path: str | Path) -> LoadedPipeline:
@@ -193,105 +150,10 @@ def _name_line(text: str) -> int | None:
 # ---------------------------------------------------------------------------------------
 
 
-def _kind(node: Node) -> str:
-    if isinstance(node, MappingNode):
-        return "a mapping"
-    if isinstance(node, SequenceNode):
-        return "a list"
-    tag = node.tag.rsplit(":", 1)[-1]
-    return {"null": "nothing", "bool": "true/false", "int": "a number", "float": "a number"}.get(
-        tag, repr(node.value)
-    )
+class _Parser(NodeReader):
+    """The pipeline schema on top of the YAML node checks."""
 
-
-@dataclass
-class _Entry:
-    key: ScalarNode
-    value: Node
-
-
-class _Parser:
-    """Checks the composed YAML nodes of one file; every error names its node's line."""
-
-    def __init__(self, path: str | Path, loader: yaml.SafeLoader) -> None:
-        self.path = path
-        self.loader = loader
-
-    def fail(self, node: Node | None, field: str, problem: str) -> NoReturn:
-        line = None if node is None else node.start_mark.line + 1
-        raise PipelineError(self.path, line, field, problem)
-
-    def value(self, node: Node) -> Any:
-        return self.loader.construct_object(node, deep=True)
-
-    # -- structure -----------------------------------------------------------------------
-
-    def mapping(self, node: Node, field: str, what: str) -> dict[str, _Entry]:
-        if not isinstance(node, MappingNode):
-            self.fail(node, field, f"expected {what}, got {_kind(node)}")
-        seen: dict[str, ScalarNode] = {}
-        for key, _ in node.value:
-            if key.tag == MERGE_TAG:
-                continue
-            if not isinstance(key, ScalarNode) or not isinstance(self.value(key), str):
-                self.fail(key, field, f"keys must be names, got {_kind(key)}")
-            if key.value in seen:
-                line = seen[key.value].start_mark.line + 1
-                self.fail(
-                    key, _join(field, key.value), f"duplicate key (first given on line {line})"
-                )
-            seen[key.value] = key
-        # YAML merge keys (<<: *defaults): merged entries come first, the node's own override.
-        self.loader.flatten_mapping(node)
-        entries: dict[str, _Entry] = {}
-        for key, value in node.value:
-            if not isinstance(key, ScalarNode) or not isinstance(self.value(key), str):
-                self.fail(key, field, f"keys must be names, got {_kind(key)}")
-            entries[key.value] = _Entry(key, value)
-        return entries
-
-    def known(self, entries: dict[str, _Entry], allowed: Sequence[str], field: str) -> None:
-        unknown = [name for name in entries if name not in allowed]
-        if not unknown:
-            return
-        close = difflib.get_close_matches(unknown[0], allowed, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        names = ", ".join(repr(n) for n in unknown)
-        self.fail(
-            entries[unknown[0]].key,
-            field,
-            f"unknown key{'s' if len(unknown) > 1 else ''} {names}{hint}; "
-            f"allowed keys: {', '.join(allowed)}",
-        )
-
-    def string(self, node: Node, field: str, what: str = "text") -> str:
-        value = self.value(node) if isinstance(node, ScalarNode) else None
-        if not isinstance(value, str) or not value.strip():
-            self.fail(node, field, f"expected {what}, got {_kind(node)}")
-        return value
-
-    def names(self, node: Node, field: str, what: str) -> list[tuple[str, Node]]:
-        """A list of names (a single name is accepted as a list of one)."""
-        items = node.value if isinstance(node, SequenceNode) else [node]
-        if isinstance(node, MappingNode):
-            self.fail(node, field, f"expected a list of {what}, got a mapping")
-        out: list[tuple[str, Node]] = []
-        for item in items:
-            name = self.string(item, field, f"a list of {what}")
-            if name in [n for n, _ in out]:
-                self.fail(item, field, f"{name!r} is listed twice")
-            out.append((name, item))
-        return out
-
-    def integer(self, node: Node, field: str, minimum: int) -> int:
-        value = self.value(node)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            self.fail(node, field, f"expected a whole number ≥ {minimum}, got {_kind(node)}")
-        return value
-
-    def params(self, node: Node, field: str) -> dict[str, Any]:
-        entries = self.mapping(node, field, "a mapping of parameter names to values")
-        return {name: self.value(entry.value) for name, entry in entries.items()}
+    error = PipelineError
 
     # -- the pipeline ----------------------------------------------------------------------
 
@@ -325,7 +187,7 @@ class _Parser:
             description=description,
         )
 
-    def pipeline_name(self, top: dict[str, _Entry]) -> str:
+    def pipeline_name(self, top: dict[str, Entry]) -> str:
         if "name" in top:
             node = top["name"].value
             name = self.string(node, "name", "a pipeline name")
@@ -362,15 +224,11 @@ class _Parser:
 _NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit"
 
 
-def _join(field: str, key: str) -> str:
-    return f"{field}.{key}" if field else key
-
-
 class _StepParser:
     """One step; ``earlier`` holds the steps above it, which are all it may need."""
 
     def __init__(
-        self, parser: _Parser, name: str, entry: _Entry, earlier: dict[str, Step], order: list[str]
+        self, parser: _Parser, name: str, entry: Entry, earlier: dict[str, Step], order: list[str]
     ) -> None:
         self.p = parser
         self.name = name
@@ -401,7 +259,7 @@ class _StepParser:
         for scope in SCOPES:
             if value == scope:
                 return scope
-        self.p.fail(node, f"{self.field}.scope", f"expected file or run, got {_kind(node)}")
+        self.p.fail(node, f"{self.field}.scope", f"expected file or run, got {node_kind(node)}")
 
     def key_needs(self, node: Node, field: str, scope: Scope) -> None:
         needs = self.p.names(node, field, "step names")
@@ -494,7 +352,7 @@ class _StepParser:
             self.p.fail(
                 node,
                 field,
-                f"expected MB as a whole number or a size like 512MB or 2GB, got {_kind(node)}",
+                f"expected MB as a whole number or a size like 512MB or 2GB, got {node_kind(node)}",
             )
         unit = (match.group(2) or "M").upper()
         self.values["memory_mb"] = math.ceil(float(match.group(1)) * MEMORY_UNIT_MB[unit])
@@ -515,14 +373,14 @@ class _StepParser:
             self.p.fail(
                 node,
                 field,
-                f"expected seconds or a duration like 90s, 30m, 1h30m; got {_kind(node)}",
+                f"expected seconds or a duration like 90s, 30m, 1h30m; got {node_kind(node)}",
             )
         self.values["timeout_s"] = seconds
 
     def key_sample_fraction(self, node: Node, field: str, scope: Scope) -> None:
         value = self.p.value(node)
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
-            self.p.fail(node, field, f"expected a fraction 0 < f ≤ 1, got {_kind(node)}")
+            self.p.fail(node, field, f"expected a fraction 0 < f ≤ 1, got {node_kind(node)}")
         self.values["sample_fraction"] = float(value)
 
     def key_params(self, node: Node, field: str, scope: Scope) -> None:
