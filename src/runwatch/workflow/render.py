@@ -209,7 +209,14 @@ def render_job(
         / str(task.run_number)
         / f"task-{task.id}-attempt-{task.next_attempt}"
     )
-    log_path = Path(settings.work_root) / "logs" / str(task.id) / f"attempt-{task.next_attempt}.log"
+    # One folder of logs per run, not per task: a task's folder cost a directory made
+    # for every task, and millions of folders in one.
+    log_path = (
+        Path(settings.work_root)
+        / "logs"
+        / str(task.run_number)
+        / f"task-{task.id}-attempt-{task.next_attempt}.log"
+    )
     specs: list[InputSpec] = [
         {"url": url, "path": local_path(url, workdir), "adler32": None} for url in inputs
     ]
