@@ -186,7 +186,8 @@ class Scheduler:
             log.exception("submission of %d jobs failed", len(prepared))
             self._fail_submission([a for a, _ in prepared], f"submission failed: {exc}")
             return 0
-        with self.db.transaction() as tx:
+        # Each row is a change of its own, safe to commit alone: no transaction round trips.
+        with self.db.one_statement() as tx:
             tx.execute(
                 _SET_EXTERNAL_ID,
                 [
