@@ -20,7 +20,6 @@ from runwatch.experiments.juno import formats, rec, rootio
 from runwatch.experiments.juno.geometry import Geometry, load_geometry
 from runwatch.experiments.juno.lightmodel import LightModel
 from runwatch.experiments.juno.physics import make_pmt_truth, simulate_chunk
-from runwatch.experiments.juno.pmtstatus import unusable_pmts
 from runwatch.experiments.juno.recquality import (
     Quality,
     calibrated_hits,
@@ -35,6 +34,7 @@ from runwatch.experiments.juno.timemodel import (
     first_hit_density,
     likeliest_photo_electrons,
 )
+from runwatch.experiments.juno.unusable import unusable_pmts
 from runwatch.experiments.juno.vertexfit import Hits, Reconstructor
 
 

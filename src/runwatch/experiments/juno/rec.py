@@ -26,7 +26,7 @@ import numpy as np
 
 from runwatch.experiments.juno import formats, rootio
 from runwatch.experiments.juno.geometry import load_geometry
-from runwatch.experiments.juno.pmtstatus import unusable_pmts
+from runwatch.experiments.juno.unusable import unusable_pmts
 from runwatch.experiments.juno.vertexfit import Hits, Reconstructor
 
 HIT_BRANCHES = ("pmt_id", "npe", "time_ns")
@@ -79,7 +79,7 @@ def reconstruct_chunk(
 ) -> dict[str, np.ndarray]:
     """The ``formats.REC_BRANCHES`` of the chunk's events that the sampling keeps.
 
-    Dead and hot PMTs are found in all the chunk's events (``pmtstatus``), before the
+    Dead and hot PMTs are found in all the chunk's events (``unusable``), before the
     sampling, so that they do not depend on the sample fraction.
     """
     hits = _flat_hits(chunk, reconstructor.n_pmt, source)

@@ -9,7 +9,7 @@ pushed out to the vertex radius whose expected centroid it is (``LightModel``); 
 densest residuals ``t - d/c``, (5) a maximum-likelihood fit of x, y, z, t0 to the hit
 times (``TimeModel``) by a fixed number of Fisher-scoring steps and (6) the energy, the
 in-time charge less the expected dark charge over the light the fitted radius yields.
-PMTs the caller marks unusable (``pmtstatus``) are left out first.
+PMTs the caller marks unusable (``unusable``) are left out first.
 
 Steps (1)-(2) work on the flat hits of all the events with per-event sums
 (``np.add.reduceat``); the fit works on batches of events padded into dense matrices.
@@ -108,7 +108,7 @@ class Reconstructor:
     def fit(self, hits: Hits, unusable: np.ndarray | None = None) -> Fit:
         """Vertex, time and energy of every event of ``hits``.
 
-        The PMTs in the ``unusable`` mask (by id: dead or hot, see ``pmtstatus``) are left
+        The PMTs in the ``unusable`` mask (by id: dead or hot, see ``unusable``) are left
         out; the energy is scaled up by the share of the light they would have seen
         (taken as their share of the PMTs), and their dark counts are not expected.
         """
