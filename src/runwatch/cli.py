@@ -26,6 +26,7 @@ FEATURE_CLIS = (
     "runwatch.workflow.cli",
     "runwatch.jobs.cli",
     "runwatch.web.cli",
+    "runwatch.dqm.cli",
 )
 
 
