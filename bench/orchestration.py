@@ -19,6 +19,7 @@ The last line is RESULT {json}.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -376,8 +377,16 @@ def main() -> None:
         default=100_000,
         help="finished tasks already in the database for the second pass",
     )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the work folder (daemons' logs) afterwards"
+    )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="rw-bench-") as tmp:
+    with contextlib.ExitStack() as stack:
+        if args.keep:
+            tmp = tempfile.mkdtemp(prefix="rw-bench-")
+            print(f"work folder (kept): {tmp}", flush=True)
+        else:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="rw-bench-"))
         root = Path(tmp)
         url = args.url or f"sqlite:///{root}/runwatch.db"
         empty = measure(url, root / "empty", 0, args.throughput_only)

@@ -119,3 +119,29 @@ def test_healthz(client: TestClient) -> None:
     response = client.get("/healthz")
     assert response.status_code == 200
     assert response.json()["status"] == "ok"
+
+
+def test_a_long_list_is_committed_in_parts_so_planning_starts_early(
+    client: TestClient, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each COMMIT_EVERY messages are committed (and the scheduler nudged) as they are
+    stored; the response still holds every receipt, and a resent body only adds
+    duplicates."""
+    from runwatch.ingest import api
+
+    seen: list[int] = []
+    real_nudge = api.nudge
+
+    def counting_nudge(path: str | None) -> None:
+        seen.append(count(db))  # what another connection sees committed at this moment
+        real_nudge(path)
+
+    body = [message(seq) for seq in range(1, 2 * api.COMMIT_EVERY + 6)]
+    monkeypatch.setattr(api, "nudge", counting_nudge)
+    response = client.post("/api/v1/messages", json=body, headers=AUTH)
+    assert response.status_code == 200
+    assert len(response.json()["receipts"]) == len(body)
+    assert seen == [api.COMMIT_EVERY, 2 * api.COMMIT_EVERY, len(body)]
+    again = client.post("/api/v1/messages", json=body, headers=AUTH).json()["receipts"]
+    assert {r["status"] for r in again} == {"duplicate"}
+    assert count(db) == 2 * len(body)

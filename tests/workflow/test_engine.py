@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from runwatch.catalogue.models import RunStatus
@@ -224,3 +225,28 @@ def test_jobs_queued_ahead_never_run_more_at_once_than_the_slots(
         assert ended is not None and started is not None and ended <= started, spans
     # And jobs were queued ahead: some job was submitted before the one before it ended.
     assert any(prev_end and submitted < prev_end for (_, prev_end, _), (_, _, submitted) in pairs)
+
+
+def test_the_scheduler_survives_a_database_error_in_a_turn(
+    db: Database, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deadlock or a lost connection fails one turn, not the daemon: the next turn
+    starts from the database again and the run still completes."""
+    from runwatch.workflow import scheduler as scheduler_module
+
+    write_pipeline(settings)
+    real_run_once = scheduler_module.Scheduler.run_once
+    failures: list[str] = []
+
+    def run_once_failing_first(self: scheduler_module.Scheduler, *args: object) -> object:
+        if not failures:
+            failures.append("deadlock")
+            raise sa.exc.OperationalError("INSERT INTO tasks ...", {}, Exception("deadlock"))
+        return real_run_once(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scheduler_module, "DB_RETRY_S", 0.05)
+    monkeypatch.setattr(scheduler_module.Scheduler, "run_once", run_once_failing_first)
+    announce_run(db, tmp_path / "raw", 300, 2)
+    with running_scheduler(settings, db):
+        wait_for(lambda: all_completed(db, [300]), 60, "the run All Completed")
+    assert failures == ["deadlock"]

@@ -103,10 +103,14 @@ def _run_for(session: Session, msg: FileMessage, now: dt.datetime) -> Run:
 
 
 def _lock_run(session: Session, number: int) -> Run | None:
+    # FOR NO KEY UPDATE on PostgreSQL (MySQL has no such mode: FOR UPDATE): the counters
+    # change, never the key, so the scheduler inserting tasks of the same run meanwhile
+    # (whose foreign key takes KEY SHARE on the run) is not blocked -- with FOR UPDATE
+    # the two deadlocked whenever files arrived while others were being planned.
     query = (
         sa.select(Run)
         .where(Run.number == number)
-        .with_for_update()
+        .with_for_update(key_share=True)
         .execution_options(populate_existing=True)
     )
     return session.scalar(query)

@@ -60,6 +60,9 @@ async def raw_body(request: Request) -> bytes:
 # require_token runs before the body is read, and a refused request stores nothing: unlike
 # a malformed message from the transfer system, an unauthenticated body is not ours to
 # keep, and storing it would let anyone fill the database.
+COMMIT_EVERY = 10  # messages of a list committed together
+
+
 @router.post("/messages", dependencies=[Depends(require_token)])
 def post_messages(
     request: Request,
@@ -73,9 +76,20 @@ def post_messages(
     message's receipt (the others are accepted all the same).
     """
     origin = request.client.host if request.client else None
+    scheduler = socket_path(settings.work_root)
     with db.session() as session:
-        receipts = receive_many(session, body, SOURCE, origin, utcnow())
-    nudge(socket_path(settings.work_root))
+
+        def committed() -> None:
+            # A long list is committed in parts: the scheduler plans the first files
+            # while the rest are stored. A client that resends the whole body after a
+            # failure only makes duplicates, which are no-ops.
+            session.commit()
+            nudge(scheduler)
+
+        receipts = receive_many(
+            session, body, SOURCE, origin, utcnow(), every=COMMIT_EVERY, after=committed
+        )
+    nudge(scheduler)
     rejected = any(r.status is MessageStatus.REJECTED for r in receipts)
     return JSONResponse(
         {"receipts": [r.as_dict() for r in receipts]}, status_code=422 if rejected else 200

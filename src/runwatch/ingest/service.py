@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,12 +76,21 @@ def receive(
 
 
 def receive_many(
-    session: Session, body: str | bytes, source: str, origin: str | None, now: dt.datetime
+    session: Session,
+    body: str | bytes,
+    source: str,
+    origin: str | None,
+    now: dt.datetime,
+    every: int = 0,
+    after: Callable[[], None] | None = None,
 ) -> list[Receipt]:
     """Receive a body holding one message object or a JSON list of them.
 
     Each element of a list is stored as its own message, with its own exact text; a body
-    that is not JSON at all, or an empty list, is stored once as rejected.
+    that is not JSON at all, or an empty list, is stored once as rejected. With ``every``
+    and ``after``, ``after()`` is called after each ``every`` messages of a list (the HTTP
+    API commits there, so that the scheduler starts on the first files of a long list
+    while the rest are still being stored).
     """
     text = body_text(body)
     too_long = _too_long(text)
@@ -94,7 +104,12 @@ def receive_many(
         return [receive(session, text, source, origin, now)]
     if not data:
         return [store_rejected(session, text, source, origin, now, "an empty list of messages")]
-    return [receive(session, part, source, origin, now) for part in split_list(text)]
+    receipts = []
+    for count, part in enumerate(split_list(text), 1):
+        receipts.append(receive(session, part, source, origin, now))
+        if after is not None and every > 0 and count % every == 0:
+            after()
+    return receipts
 
 
 def split_list(text: str) -> list[str]:

@@ -98,6 +98,9 @@ class TickReport:
         return bool(self.planned or self.submitted or self.ended or self.runs_changed)
 
 
+DB_RETRY_S = 1.0  # wait after a turn failed on a database error
+
+
 class Scheduler:
     def __init__(
         self,
@@ -386,31 +389,41 @@ class Scheduler:
         nudges = NudgeListener(socket_path(self.settings.work_root), wake.set)
         try:
             while not stop.is_set():
-                if not self._hold_lease(holder):
-                    if leading:
-                        log.error("lost the scheduler lease; waiting to take it back")
-                        nudges.stop()
-                    leading = False
-                    stop.wait(self.settings.scheduler.lease_seconds / 3)
-                    continue
-                if not leading:
-                    leading = True
-                    log.info("scheduler %s is active", holder)
-                    nudges.start()
-                    if on_lead is not None:
-                        on_lead()
-                        on_lead = None
-                signal = self._signal()  # once per turn: it is one query
-                full = self.full_tick_due(signal)
-                report = self.run_once(signal) if full else self.run_quick()
-                if not full and not report.submitted and self._room > 0:
-                    report = self.run_once(signal)  # room, nothing ready: plan for work
-                if not report.busy():
-                    self._wait_for_change(stop, wake, signal)
+                try:
+                    if not self._hold_lease(holder):
+                        if leading:
+                            log.error("lost the scheduler lease; waiting to take it back")
+                            nudges.stop()
+                        leading = False
+                        stop.wait(self.settings.scheduler.lease_seconds / 3)
+                        continue
+                    if not leading:
+                        leading = True
+                        log.info("scheduler %s is active", holder)
+                        nudges.start()
+                        if on_lead is not None:
+                            start_sources, on_lead = on_lead, None
+                            start_sources()
+                    self._turn(stop, wake)
+                except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+                    # A deadlock, a lost connection, a lock timeout: every turn starts
+                    # from the database, so the next one simply tries again.
+                    log.warning("scheduler turn failed (%s); trying again", exc)
+                    stop.wait(DB_RETRY_S)
         finally:
             nudges.stop()
             with self.db.session() as session:
                 lease.release(session, holder)
+
+    def _turn(self, stop: threading.Event, wake: threading.Event) -> None:
+        """One turn of ``serve`` as the active scheduler: tick, then wait for a change."""
+        signal = self._signal()  # once per turn: it is one query
+        full = self.full_tick_due(signal)
+        report = self.run_once(signal) if full else self.run_quick()
+        if not full and not report.submitted and self._room > 0:
+            report = self.run_once(signal)  # room, nothing ready: plan for work
+        if not report.busy():
+            self._wait_for_change(stop, wake, signal)
 
     def _hold_lease(self, holder: str) -> bool:
         """Renew the lease, but only once a third of it has passed: a write per tick
