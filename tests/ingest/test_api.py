@@ -145,3 +145,27 @@ def test_a_long_list_is_committed_in_parts_so_planning_starts_early(
     again = client.post("/api/v1/messages", json=body, headers=AUTH).json()["receipts"]
     assert {r["status"] for r in again} == {"duplicate"}
     assert count(db) == 2 * len(body)
+
+
+def test_a_part_that_fails_on_a_database_error_is_stored_again(
+    client: TestClient, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deadlock with the planner rolls back one part of a list; it is received again,
+    and nothing is lost or stored twice."""
+    from runwatch.ingest import service
+
+    real_receive = service.receive
+    calls = {"n": 0}
+
+    def deadlocking_receive(*args: Any) -> service.Receipt:
+        calls["n"] += 1
+        if calls["n"] == 13:  # in the second part, after some of its messages were stored
+            raise sa.exc.OperationalError("INSERT INTO files ...", {}, Exception("deadlock"))
+        return real_receive(*args)
+
+    monkeypatch.setattr(service, "receive", deadlocking_receive)
+    body = [message(seq) for seq in range(1, 26)]
+    response = client.post("/api/v1/messages", json=body, headers=AUTH)
+    assert response.status_code == 200
+    assert [r["status"] for r in response.json()["receipts"]] == ["accepted"] * 25
+    assert count(db) == 25

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from runwatch.config import Settings
 from runwatch.db import Database, utcnow
 from runwatch.ingest.models import MessageStatus, ReceivedMessage
-from runwatch.ingest.service import receive_many
+from runwatch.ingest.service import receive_in_parts
 from runwatch.workflow.nudge import nudge, socket_path
 
 SOURCE = "http"
@@ -57,12 +57,12 @@ async def raw_body(request: Request) -> bytes:
     return await request.body()
 
 
-# require_token runs before the body is read, and a refused request stores nothing: unlike
-# a malformed message from the transfer system, an unauthenticated body is not ours to
-# keep, and storing it would let anyone fill the database.
 COMMIT_EVERY = 10  # messages of a list committed together
 
 
+# require_token runs before the body is read, and a refused request stores nothing: unlike
+# a malformed message from the transfer system, an unauthenticated body is not ours to
+# keep, and storing it would let anyone fill the database.
 @router.post("/messages", dependencies=[Depends(require_token)])
 def post_messages(
     request: Request,
@@ -77,19 +77,12 @@ def post_messages(
     """
     origin = request.client.host if request.client else None
     scheduler = socket_path(settings.work_root)
-    with db.session() as session:
-
-        def committed() -> None:
-            # A long list is committed in parts: the scheduler plans the first files
-            # while the rest are stored. A client that resends the whole body after a
-            # failure only makes duplicates, which are no-ops.
-            session.commit()
-            nudge(scheduler)
-
-        receipts = receive_many(
-            session, body, SOURCE, origin, utcnow(), every=COMMIT_EVERY, after=committed
-        )
-    nudge(scheduler)
+    # A long list is committed in parts, each followed by a nudge: the scheduler plans
+    # the first files while the rest are stored. A client that resends the whole body
+    # after a failure only makes duplicates, which are no-ops.
+    receipts = receive_in_parts(
+        db, body, SOURCE, origin, utcnow(), COMMIT_EVERY, lambda: nudge(scheduler)
+    )
     rejected = any(r.status is MessageStatus.REJECTED for r in receipts)
     return JSONResponse(
         {"receipts": [r.as_dict() for r in receipts]}, status_code=422 if rejected else 200

@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from runwatch.catalogue.models import File
 from runwatch.catalogue.service import mark_end_of_run, register_file
+from runwatch.db import Database
 from runwatch.ingest.models import MessageStatus, ReceivedMessage
 from runwatch.ingest.schema import (
     MAX_NAME,
@@ -31,10 +35,13 @@ from runwatch.ingest.schema import (
     validate_message,
 )
 
+log = logging.getLogger(__name__)
+
 # received_messages.body is a TEXT column, 65,535 bytes on MySQL/MariaDB. A message is a few
 # hundred bytes; anything near this is not a file-ready message.
 MAX_BODY_BYTES = 65_535
 MAX_SOURCE = 32
+DB_ATTEMPTS = 5  # tries of a part of a list that fails on a database error
 MAX_ORIGIN = 1024
 
 
@@ -76,21 +83,12 @@ def receive(
 
 
 def receive_many(
-    session: Session,
-    body: str | bytes,
-    source: str,
-    origin: str | None,
-    now: dt.datetime,
-    every: int = 0,
-    after: Callable[[], None] | None = None,
+    session: Session, body: str | bytes, source: str, origin: str | None, now: dt.datetime
 ) -> list[Receipt]:
     """Receive a body holding one message object or a JSON list of them.
 
     Each element of a list is stored as its own message, with its own exact text; a body
-    that is not JSON at all, or an empty list, is stored once as rejected. With ``every``
-    and ``after``, ``after()`` is called after each ``every`` messages of a list (the HTTP
-    API commits there, so that the scheduler starts on the first files of a long list
-    while the rest are still being stored).
+    that is not JSON at all, or an empty list, is stored once as rejected.
     """
     text = body_text(body)
     too_long = _too_long(text)
@@ -104,12 +102,69 @@ def receive_many(
         return [receive(session, text, source, origin, now)]
     if not data:
         return [store_rejected(session, text, source, origin, now, "an empty list of messages")]
-    receipts = []
-    for count, part in enumerate(split_list(text), 1):
-        receipts.append(receive(session, part, source, origin, now))
-        if after is not None and every > 0 and count % every == 0:
-            after()
+    return [receive(session, part, source, origin, now) for part in split_list(text)]
+
+
+def receive_in_parts(
+    db: Database,
+    body: str | bytes,
+    source: str,
+    origin: str | None,
+    now: dt.datetime,
+    every: int,
+    committed: Callable[[], None],
+) -> list[Receipt]:
+    """``receive_many`` with a list committed ``every`` messages at a time, calling
+    ``committed()`` after each part (the HTTP API nudges the scheduler there), so that the
+    first files of a long list are planned while the rest are being stored.
+
+    A part that fails on a database error -- a deadlock with the scheduler planning the
+    files just committed, a lost connection -- is rolled back and received again: a
+    message already stored is a DUPLICATE, so trying again changes nothing that counted.
+    """
+    text = body_text(body)
+    try:
+        data = None if _too_long(text) else load_json(body)
+    except MessageError:
+        data = None
+    if not (isinstance(data, list) and data):  # one message, or one rejection
+        return _store_part(db, [text], source, origin, now, receive_many, committed)
+    texts = split_list(text)
+    receipts: list[Receipt] = []
+    for start in range(0, len(texts), every):
+        part = texts[start : start + every]
+        receipts += _store_part(db, part, source, origin, now, _receive_one, committed)
     return receipts
+
+
+def _receive_one(
+    session: Session, text: str, source: str, origin: str | None, now: dt.datetime
+) -> list[Receipt]:
+    return [receive(session, text, source, origin, now)]
+
+
+def _store_part(
+    db: Database,
+    texts: list[str],
+    source: str,
+    origin: str | None,
+    now: dt.datetime,
+    receive_text: Callable[[Session, str, str, str | None, dt.datetime], list[Receipt]],
+    committed: Callable[[], None],
+) -> list[Receipt]:
+    """Receive ``texts`` in one transaction, tried again on a database error."""
+    for attempt in range(1, DB_ATTEMPTS + 1):
+        try:
+            with db.session() as session:
+                receipts = [r for t in texts for r in receive_text(session, t, source, origin, now)]
+            committed()
+            return receipts
+        except sa.exc.OperationalError as exc:
+            if attempt == DB_ATTEMPTS:
+                raise
+            log.warning("storing messages failed (%s); trying again", exc.orig)
+            time.sleep(0.02 * attempt)  # let the other transaction of a deadlock finish
+    raise AssertionError("unreachable")
 
 
 def split_list(text: str) -> list[str]:
