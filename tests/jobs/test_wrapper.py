@@ -445,3 +445,27 @@ def test_a_plain_command_runs_and_is_timed(db: Database, tmp_path: Path) -> None
     attempt, task, _ = attempt_row(db, attempt_id)
     assert (attempt.state, task.state) == (AttemptState.SUCCEEDED, TaskState.DONE)
     assert attempt.wall_s is not None and attempt.wall_s >= 0.2
+
+
+def test_a_claim_that_fails_half_way_changes_nothing(
+    any_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attempt and its task go RUNNING together or not at all, on every database."""
+    from runwatch.jobs import wrapper
+    from runwatch.workflow import service
+
+    attempt_id = make_attempt(any_db, tmp_path, "touch ran")
+
+    def failing_transition(*args: object, **kwargs: object) -> bool:
+        raise sa.exc.OperationalError("UPDATE tasks ...", {}, Exception("connection lost"))
+
+    def failing_claim(*args: object, **kwargs: object) -> None:
+        raise sa.exc.OperationalError("WITH claimed_attempt ...", {}, Exception("lost"))
+
+    monkeypatch.setattr(service, "transition", failing_transition)
+    monkeypatch.setattr(wrapper, "claim_attempt_at_once", failing_claim)
+    with pytest.raises(sa.exc.OperationalError):
+        wrapper.claim(any_db, attempt_id, HOST)
+    attempt, task, _ = attempt_row(any_db, attempt_id)
+    assert (attempt.state, task.state) == (AttemptState.SUBMITTED, TaskState.SUBMITTED)
+    assert attempt.host is None

@@ -45,6 +45,7 @@ from runwatch.workflow.service import (
     OutputRecord,
     RetryPolicy,
     can_finish_at_once,
+    claim_attempt,
     claim_attempt_at_once,
     finish_at_once,
     finish_attempt,
@@ -163,8 +164,11 @@ def _run_attempt(db: Database, attempt_id: int, host: str) -> int:
 def claim(db: Database, attempt_id: int, host: str) -> Claim | None:
     """Take the attempt (SUBMITTED → RUNNING) and learn its job, in one transaction; None
     if it is not ours to run (given up, cancelled, or taken by another worker)."""
-    with db.one_statement() as connection:
-        return claim_attempt_at_once(connection, attempt_id, host, utcnow())
+    if db.engine.dialect.name == "postgresql":
+        with db.one_statement() as connection:
+            return claim_attempt_at_once(connection, attempt_id, host, utcnow())
+    with db.transaction() as tx:
+        return claim_attempt(tx, attempt_id, host, utcnow())
 
 
 def run_claimed(

@@ -240,10 +240,9 @@ _CLAIM_IN_ONE_STATEMENT = _claim_in_one_statement()
 def claim_attempt_at_once(
     connection: sa.Connection, attempt_id: int, host: str, now: dt.datetime
 ) -> Claim | None:
-    """``claim_attempt`` in one statement where the database can (PostgreSQL), else in
-    the caller's transaction as usual."""
-    if connection.dialect.name != "postgresql":
-        return claim_attempt(connection, attempt_id, host, now)
+    """``claim_attempt`` in one statement, atomic without a transaction: PostgreSQL only
+    (``connection.dialect.name == "postgresql"``); elsewhere use ``claim_attempt`` in a
+    transaction."""
     check_attempt_transition(AttemptState.SUBMITTED, AttemptState.RUNNING)
     check_transition(TaskState.SUBMITTED, TaskState.RUNNING)
     params = {"attempt_id": attempt_id, "host": host, "now": now}
