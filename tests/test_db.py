@@ -150,7 +150,7 @@ def test_a_connection_killed_while_idle_is_replaced_before_use(
     backend_id = "pg_backend_pid()" if kind == "postgres" else "connection_id()"
     kill = "SELECT pg_terminate_backend(:pid)" if kind == "postgres" else "KILL :pid"
     try:
-        for engine in (db.engine, db.read_engine):
+        for engine in (db.engine, db.autocommit_engine):
             with engine.connect() as connection:
                 pid = connection.execute(sa.text(f"SELECT {backend_id}")).scalar()
             with other.transaction() as tx:

@@ -243,16 +243,18 @@ class Database:
         self.url = url
         self.engine = make_engine(url, **engine_kwargs)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self.read_engine = self.engine
+        # For reads and one-statement changes (``one_statement``). On a server at READ
+        # COMMITTED a read sees what is committed whether or not it is in a transaction,
+        # and a single statement is atomic by itself: in autocommit both are spared the
+        # BEGIN and COMMIT round trips. (SQLite reads begin no transaction already.)
+        self.autocommit_engine = self.engine
         if not url.startswith("sqlite"):
-            # Reads need no transaction on a server at READ COMMITTED, where each
-            # statement sees what is committed anyway; in autocommit they are spared the
-            # BEGIN and COMMIT round trips. (SQLite reads begin no transaction already.)
-            self.read_engine = make_engine(
+            self.autocommit_engine = make_engine(
                 url, **{**engine_kwargs, "isolation_level": "AUTOCOMMIT"}
             )
         self.readers = sessionmaker(
-            self.read_engine.execution_options(**{READONLY_OPTION: True}), expire_on_commit=False
+            self.autocommit_engine.execution_options(**{READONLY_OPTION: True}),
+            expire_on_commit=False,
         )
 
     @contextmanager
@@ -278,17 +280,17 @@ class Database:
         """A connection for a change made by one statement, which is atomic by itself: on
         a server it runs in autocommit, sparing the BEGIN and COMMIT round trips; on
         SQLite it is an ordinary transaction (which queues for the write lock)."""
-        if self.read_engine is self.engine:
+        if self.autocommit_engine is self.engine:
             with self.transaction() as connection:
                 yield connection
         else:
-            with self.read_engine.connect() as connection:
+            with self.autocommit_engine.connect() as connection:
                 yield connection
 
     @contextmanager
     def read_connection(self) -> Iterator[sa.Connection]:
         """A Core connection for reading only (on SQLite it takes no write lock)."""
-        with self.read_engine.connect() as connection:
+        with self.autocommit_engine.connect() as connection:
             connection = connection.execution_options(**{READONLY_OPTION: True})
             with connection.begin():
                 yield connection
@@ -307,7 +309,7 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
-        self.read_engine.dispose()
+        self.autocommit_engine.dispose()
 
 
 def alembic_config(engine: Engine | None = None) -> Any:
