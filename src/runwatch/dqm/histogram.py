@@ -21,6 +21,8 @@ import numpy.typing as npt
 import uproot
 import uproot.writing.identify as build
 
+from runwatch.storage.atomic import written_atomically
+
 FloatArray = npt.NDArray[np.float64]
 Family = Literal["TH1", "TH2", "TProfile"]
 
@@ -504,28 +506,16 @@ def write_histograms(path: str | Path, hists: Mapping[str, Hist], meta: Mapping[
     complete file or the new complete one; a leftover temporary file from a killed writer
     is simply overwritten by the next write.
     """
-    path = Path(path)
-    part = path.with_name(path.name + ".part")
     text = json.dumps(dict(meta), ensure_ascii=True, sort_keys=True)
-    try:
-        with uproot.recreate(part, compression=None) as file:
-            for key, hist in hists.items():
-                file[key] = to_uproot(hist)
-            file[META_KEY] = text
-        _fsync(part)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-    os.replace(part, path)
-
-
-def _fsync(path: Path) -> None:
-    """Flush to disk before the rename, so a machine crash cannot leave a renamed empty file."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    # durable: flushed before the rename, so a machine crash cannot leave a renamed empty
+    # file whose contribution list a later merge would trust.
+    with (
+        written_atomically(Path(path), durable=True) as part,
+        uproot.recreate(part, compression=None) as file,
+    ):
+        for key, hist in hists.items():
+            file[key] = to_uproot(hist)
+        file[META_KEY] = text
 
 
 def _taxis(name: str, axis: Axis) -> Any:

@@ -14,7 +14,6 @@ about 0.6 MB whatever the file's size. docs/juno.md lists every histogram.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import uproot
 
 from runwatch.experiments.juno import detector, formats, rootio
 from runwatch.experiments.juno.calib import STEP_EVENTS, Progress, check_pmt_ids
+from runwatch.storage.atomic import written_atomically
 
 CALIB_INPUTS = ("timestamp_ns", "trigger_type", "pmt_id", "npe", "time_ns")
 REC_INPUTS = ("x_mm", "y_mm", "z_mm", "t0_ns", "energy_mev", "fit_ok")
@@ -226,16 +226,12 @@ def fill_histograms(
 
 def write_histograms(path: Path, histograms: Mapping[str, Histogram]) -> None:
     """Write ``histograms`` to a ROOT file (TH1D/TH2D) that appears only when complete."""
-    part = path.with_name(path.name + ".part")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with uproot.recreate(part, compression=rootio.COMPRESSION) as file:
-            for name, histogram in histograms.items():
-                file[name] = histogram
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-    os.replace(part, path)
+    with (
+        written_atomically(path) as part,
+        uproot.recreate(part, compression=rootio.COMPRESSION) as file,
+    ):
+        for name, histogram in histograms.items():
+            file[name] = histogram
 
 
 def run_hist(

@@ -9,7 +9,7 @@ branch -- is an ``InputFileError`` that names the file and says what is wrong.
 
 from __future__ import annotations
 
-import os
+import contextlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -18,6 +18,8 @@ from typing import Any
 import awkward as ak
 import numpy as np
 import uproot
+
+from runwatch.storage.atomic import written_atomically
 
 COMPRESSION = uproot.LZ4(1)
 """LZ4 writes faster than no compression at all (less to write) and reads 3x faster than
@@ -92,15 +94,15 @@ class TreeWriter:
 
     def __init__(self, path: Path, tree: str, branches: Mapping[str, str]) -> None:
         self.path = path
-        self.part = path.with_name(path.name + ".part")
         self.tree = tree
         self.branches = dict(branches)
         self.events = 0
         self._file: Any = None
+        self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> TreeWriter:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = uproot.recreate(self.part, compression=COMPRESSION)
+        part = self._stack.enter_context(written_atomically(self.path))
+        self._file = self._stack.enter_context(uproot.recreate(part, compression=COMPRESSION))
         self._file.mktree(self.tree, self.branches)
         return self
 
@@ -120,11 +122,8 @@ class TreeWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._file.close()
-        if kind is None:
-            os.replace(self.part, self.path)
-        else:
-            self.part.unlink(missing_ok=True)
+        # Closes the file, then renames it into place (or removes it after an error).
+        self._stack.__exit__(kind, exc, tb)
 
 
 def jagged(content: np.ndarray, counts: np.ndarray) -> ak.Array:
