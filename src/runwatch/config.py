@@ -75,6 +75,41 @@ class IngestSettings(BaseModel):
     )
 
 
+class DqmSettings(BaseModel):
+    """How the DQM judges a run's merged histograms."""
+
+    checks: str = Field("", description="Check file (YAML, see docs/dqm.md); empty: no checks.")
+    cuts_preset: str = Field(
+        "default",
+        pattern="^(default|juno-test)$",
+        description="PMT cuts to start from: default (dead < 1 %, hot > 99 %) or juno-test.",
+    )
+    cuts: dict[str, float] = Field(
+        default_factory=dict,
+        description="Overrides of the preset's cuts: dead, hot, normal_low, normal_high, "
+        "min_events (fractions, not percent).",
+    )
+    pmt_hits_histogram: str = Field(
+        "pmt_hits", description="Per-PMT histogram of events in which each PMT fired."
+    )
+    n_events_histogram: str = Field("n_events", description="Histogram counting the events.")
+
+
+class AlarmSettings(BaseModel):
+    """When alarms are raised and whom they tell."""
+
+    no_progress_minutes: float = Field(
+        30.0, gt=0, description="Alarm on an active run with no task progress for this long."
+    )
+    ack_hours: float = Field(
+        8.0, gt=0, description="An acknowledgement expires after this; the alarm re-raises."
+    )
+    notifiers: list[dict[str, Any]] = Field(
+        default_factory=lambda: [{"kind": "log"}],
+        description="Who is told: tables with kind = log | smtp | webhook and their options.",
+    )
+
+
 class Settings(BaseSettings):
     """All of runwatch's settings."""
 
@@ -90,6 +125,8 @@ class Settings(BaseSettings):
     pipelines: str = Field("pipelines", description="Folder of pipeline YAML files.")
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    dqm: DqmSettings = Field(default_factory=DqmSettings)
+    alarms: AlarmSettings = Field(default_factory=AlarmSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -113,6 +150,8 @@ class Settings(BaseSettings):
             data[key] = str((base / data[key]).resolve())
         if data["ingest"]["dropbox"]:
             data["ingest"]["dropbox"] = str((base / data["ingest"]["dropbox"]).resolve())
+        if data["dqm"]["checks"]:
+            data["dqm"]["checks"] = str((base / data["dqm"]["checks"]).resolve())
         url: str = data["database_url"]
         prefix = "sqlite:///"
         if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
@@ -122,6 +161,8 @@ class Settings(BaseSettings):
                 **data,
                 "scheduler": SchedulerSettings(**data["scheduler"]),
                 "ingest": IngestSettings(**data["ingest"]),
+                "dqm": DqmSettings(**data["dqm"]),
+                "alarms": AlarmSettings(**data["alarms"]),
             }
         )
 

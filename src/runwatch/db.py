@@ -332,5 +332,6 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 def import_all_models() -> None:
     """Import every feature's models so that ``Base.metadata`` is complete."""
     from runwatch.catalogue import models as _catalogue  # noqa: F401
+    from runwatch.dqm import models as _dqm  # noqa: F401
     from runwatch.ingest import models as _ingest  # noqa: F401
     from runwatch.workflow import models as _workflow  # noqa: F401
