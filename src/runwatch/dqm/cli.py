@@ -47,6 +47,9 @@ class CutsPreset(enum.StrEnum):
 
 def register(app: typer.Typer) -> None:
     """Add this feature's commands to ``app``."""
+    from runwatch.dqm.alarms_cli import alarms_app
+
+    dqm_app.add_typer(alarms_app, name="alarms")
     app.add_typer(dqm_app, name="dqm")
 
 
