@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -75,6 +75,10 @@ class IngestSettings(BaseModel):
     )
 
 
+TREND_STATISTICS = ("mean", "rms", "mean_y", "rms_y", "entries", "integral")
+"""What a ``[dqm] trends`` quantity takes of its histogram (``runwatch.dqm.trends``)."""
+
+
 class DqmSettings(BaseModel):
     """How the DQM judges a run's merged histograms."""
 
@@ -93,6 +97,29 @@ class DqmSettings(BaseModel):
         "pmt_hits", description="Per-PMT histogram of events in which each PMT fired."
     )
     n_events_histogram: str = Field("n_events", description="Histogram counting the events.")
+    trends: dict[str, str] = Field(
+        default_factory=lambda: {
+            "energy_mean": "energy:mean",
+            "vertex_r3_mean": "vertex_r3:mean",
+            "vertex_z_mean": "vertex_z:mean",
+        },
+        description="Per-run trend quantities taken from histograms, name = "
+        '"histogram:statistic" with statistic mean, rms, mean_y, rms_y, entries or integral '
+        "(a run lacking the histogram has no point).",
+    )
+
+    @field_validator("trends")
+    @classmethod
+    def _trend_sources(cls, trends: dict[str, str]) -> dict[str, str]:
+        statistics = TREND_STATISTICS
+        for name, source in trends.items():
+            histogram, _, statistic = source.rpartition(":")
+            if not histogram or statistic not in statistics:
+                raise ValueError(
+                    f"{name} = {source!r}: expected 'histogram:statistic' with statistic "
+                    f"one of {', '.join(statistics)}"
+                )
+        return trends
 
 
 class AlarmSettings(BaseModel):

@@ -1,0 +1,226 @@
+"""The histogram store: merge tasks' files registered as ``DqmMerge`` and ``DqmHistogram``.
+
+A merge task (a run-scoped step with ``dqm: merge``) leaves one merged ROOT file whose
+contribution list (``runwatch.dqm.merge``) says which per-file histogram files it holds.
+Registering it records what the run's merged histograms include (files and events against
+the run's, the inputs left out and why) and every histogram object, both of the merged
+file and of each contribution, with the task attempt that produced it. The files are the
+truth; these rows are an index of them, written once per merge task.
+
+An unreadable merged file is registered all the same, as a merge of nothing whose
+``errors`` say why, so that it is shown, never retried every tick, and spoils nothing
+else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from runwatch.catalogue.models import File
+from runwatch.dqm.histogram import Hist, HistFile, HistogramFileError, read_file
+from runwatch.dqm.merge import META_FORMAT
+from runwatch.dqm.models import DqmHistogram, DqmMerge
+from runwatch.storage.urls import URLError, url_to_path
+from runwatch.workflow.models import Attempt, PipelineRevision, Task, TaskOutput
+from runwatch.workflow.revisions import RevisionCache
+from runwatch.workflow.states import TaskState
+
+MERGE_STEP = "merge"
+"""A step's ``dqm`` value that makes its tasks DQM merges."""
+MERGED_FILE = "(merged file)"
+"""The ``key`` of a merge's error about its own merged file."""
+
+
+@dataclass(frozen=True)
+class MergedFile:
+    """A merged file as read: its histograms and its contribution list, or why not."""
+
+    hists: dict[str, Hist]
+    contributions: list[dict[str, Any]]
+    errors: list[dict[str, Any]]
+    readable: bool = True
+
+
+def merge_steps(session: Session, revisions: RevisionCache) -> list[tuple[int, str]]:
+    """(revision id, step name) of every step with ``dqm: merge`` in any pipeline revision.
+
+    The revision texts never change and are parsed once by ``revisions``, so after the
+    first call this costs one query of the (small) revisions table.
+    """
+    ids = session.scalars(sa.select(PipelineRevision.id)).all()
+    found = []
+    for revision_id in ids:
+        pipeline = revisions.get(session, revision_id)
+        for step in pipeline.steps.values():
+            if getattr(step, "dqm", None) == MERGE_STEP:
+                found.append((revision_id, step.name))
+    return found
+
+
+def unregistered_merge_tasks(session: Session, steps: Collection[tuple[int, str]]) -> list[Task]:
+    """DONE merge tasks without a ``DqmMerge``, oldest first."""
+    if not steps:
+        return []
+    registered = sa.select(DqmMerge.id).where(DqmMerge.task_id == Task.id).exists()
+    query = (
+        sa.select(Task)
+        .where(Task.state == TaskState.DONE, ~registered)
+        .where(sa.tuple_(Task.revision_id, Task.step).in_(list(steps)))
+        .order_by(Task.id)
+    )
+    return list(session.scalars(query))
+
+
+def read_merged_file(url: str) -> MergedFile:
+    """A merged file's histograms and contribution list; unreadable: ``readable`` False."""
+    try:
+        found = read_file(url_to_path(url))
+        meta = found.meta or {}
+        if meta.get("format") != META_FORMAT:
+            raise HistogramFileError(url, "not a merged histogram file (no contribution list)")
+    except (HistogramFileError, URLError, OSError) as exc:
+        return MergedFile({}, [], [{"key": MERGED_FILE, "path": url, "reason": str(exc)}], False)
+    return MergedFile(found.hists, list(meta["contributions"]), list(meta.get("excluded", [])))
+
+
+def register_merge(
+    session: Session, task: Task, output: TaskOutput | None
+) -> tuple[DqmMerge, MergedFile]:
+    """Register one merge task's merged file and the histograms it and its inputs hold."""
+    if output is None:
+        reason = {"key": MERGED_FILE, "path": "", "reason": "the merge task has no output"}
+        merged = MergedFile({}, [], [reason], readable=False)
+    else:
+        merged = read_merged_file(output.url)
+    files_total, events_total = run_totals(session, task.run_id)
+    merge = DqmMerge(
+        run_id=task.run_id,
+        task_id=task.id,
+        attempt_id=_last_attempt(session, task) if output is None else output.attempt_id,
+        url="" if output is None else output.url,
+        final=task.final,
+        files_included=len(merged.contributions),
+        files_total=files_total,
+        events_included=sum(int(c.get("events", 0)) for c in merged.contributions),
+        events_total=events_total,
+        contributions=merged.contributions,
+        errors=merged.errors,
+        merged_at=task.finished_at or task.updated_at,
+    )
+    session.add(merge)
+    session.flush()
+    if output is not None and merged.readable:
+        objects = [(path, h.classname, h.entries) for path, h in merged.hists.items()]
+        _add_histograms(session, task.run_id, output, objects, merge.id)
+        _register_contributions(session, task.run_id, merged.contributions)
+    return merge, merged
+
+
+def _last_attempt(session: Session, task: Task) -> int:
+    query = sa.select(sa.func.max(Attempt.id)).where(Attempt.task_id == task.id)
+    attempt_id: int = session.execute(query).scalar_one()
+    return attempt_id
+
+
+def run_totals(session: Session, run_id: int) -> tuple[int, int | None]:
+    """The run's files now, and its events when every file's metadata gives them."""
+    metas = session.scalars(sa.select(File.meta).where(File.run_id == run_id)).all()
+    events = [m.get("events") for m in metas if isinstance(m, Mapping)]
+    known = [int(e) for e in events if isinstance(e, int | float) and not isinstance(e, bool)]
+    return len(metas), (sum(known) if metas and len(known) == len(metas) else None)
+
+
+def _add_histograms(
+    session: Session,
+    run_id: int,
+    output: TaskOutput,
+    objects: Iterable[tuple[str, str, float]],
+    merge_id: int | None,
+) -> None:
+    session.add_all(
+        DqmHistogram(
+            run_id=run_id,
+            task_id=output.task_id,
+            attempt_id=output.attempt_id,
+            merge_id=merge_id,
+            output=output.name,
+            url=output.url,
+            path=path,
+            classname=classname,
+            entries=float(entries),
+        )
+        for path, classname, entries in objects
+    )
+
+
+def _register_contributions(
+    session: Session, run_id: int, contributions: Sequence[Mapping[str, Any]]
+) -> None:
+    """Histogram rows of each contribution's task output, once per output."""
+    outputs = {_path_of(o.url): o for o in _run_outputs(session, run_id)}
+    registered = (
+        sa.select(DqmHistogram.task_id, DqmHistogram.output)
+        .where(DqmHistogram.run_id == run_id, DqmHistogram.merge_id.is_(None))
+        .distinct()
+    )
+    done = {(task_id, name) for task_id, name in session.execute(registered)}
+    for contribution in contributions:
+        output = outputs.get(str(contribution.get("path", contribution.get("key"))))
+        if output is None or (output.task_id, output.name) in done:
+            continue
+        objects = _objects_of(contribution)
+        if objects is not None:
+            _add_histograms(session, run_id, output, objects, None)
+            done.add((output.task_id, output.name))
+
+
+def _run_outputs(session: Session, run_id: int) -> Sequence[TaskOutput]:
+    query = sa.select(TaskOutput).join(Task, Task.id == TaskOutput.task_id)
+    return session.scalars(query.where(Task.run_id == run_id)).all()
+
+
+def _path_of(url: str) -> str:
+    try:
+        return str(url_to_path(url))
+    except URLError:
+        return url
+
+
+def _objects_of(contribution: Mapping[str, Any]) -> list[tuple[str, str, float]] | None:
+    """A contribution's histogram objects: as the merge listed them, else read from it."""
+    listed = contribution.get("histograms")
+    if listed is not None:
+        return [(h["path"], h["classname"], float(h["entries"])) for h in listed]
+    try:
+        found: HistFile = read_file(str(contribution["path"]))
+    except (HistogramFileError, OSError, KeyError):
+        return None
+    return [(path, h.classname, h.entries) for path, h in found.hists.items()]
+
+
+def merge_output(session: Session, task: Task) -> TaskOutput | None:
+    """The merge task's output (it declares one: the merged file)."""
+    return session.scalars(
+        sa.select(TaskOutput).where(TaskOutput.task_id == task.id).order_by(TaskOutput.id)
+    ).first()
+
+
+def latest_merge(session: Session, run_id: int) -> DqmMerge | None:
+    """The run's merge to judge it by: the newest final one, else the newest live one.
+
+    Merges whose file could not be read are passed over.
+    """
+    query = (
+        sa.select(DqmMerge)
+        .where(DqmMerge.run_id == run_id)
+        .order_by(DqmMerge.final.desc(), DqmMerge.merged_at.desc(), DqmMerge.id.desc())
+    )
+    for merge in session.scalars(query):
+        if not any(e.get("key") == MERGED_FILE for e in merge.errors):
+            return merge
+    return None
