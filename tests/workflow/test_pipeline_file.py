@@ -131,6 +131,19 @@ def test_example_pipelines_parse() -> None:
     ]
 
 
+def test_a_live_dqm_merge_step_parses() -> None:
+    live = "    needs: [calib]\n    every: 1m30s\n    dqm: merge\n"
+    steps = parse_pipeline(BASE.replace("    needs: [calib]\n", live), "p.yaml").steps
+    assert (steps["merge"].every_s, steps["merge"].dqm, steps["merge"].batch) == (
+        90.0,
+        "merge",
+        None,
+    )
+    assert (steps["calib"].every_s, steps["calib"].dqm) == (None, None)
+    seconds = BASE.replace("    needs: [calib]\n", "    needs: [calib]\n    every: 5\n")
+    assert parse_pipeline(seconds, "p.yaml").steps["merge"].every_s == 5.0
+
+
 BASE = """\
 streams: [Physics]
 steps:
@@ -287,6 +300,56 @@ def _edit(old: str, new: str) -> str:
             ["duplicate key", "first given on line 3"],
         ),
         (_edit("  calib:\n", "  calib/x:\n"), 3, "steps.calib/x", ["a step name"]),
+        (
+            _edit("    needs: [calib]\n", "    needs: [calib]\n    every: soon\n"),
+            9,
+            "steps.merge.every",
+            ["duration like 90s"],
+        ),
+        (
+            _edit("    needs: [calib]\n", "    needs: [calib]\n    every: 0s\n"),
+            9,
+            "steps.merge.every",
+            ["above 0"],
+        ),
+        (
+            _edit('    command: "cp', '    every: 60s\n    command: "cp'),
+            4,
+            "steps.calib.every",
+            ["every only applies to run-scoped steps"],
+        ),
+        (
+            _edit("    needs: [calib]\n", "    needs: [calib]\n    every: 1m\n    batch: 2\n"),
+            9,
+            "steps.merge.every",
+            ["either batch or every"],
+        ),
+        (
+            "streams: [P]\nsteps:\n  r:\n    scope: run\n    every: 60s\n    command: x\n",
+            5,
+            "steps.r.every",
+            ["must need file-scoped steps"],
+        ),
+        (
+            _edit("    needs: [calib]\n", "    needs: [calib]\n    dqm: hadd\n"),
+            9,
+            "steps.merge.dqm",
+            ["expected merge", "'hadd'"],
+        ),
+        (
+            _edit('    command: "cp', '    dqm: merge\n    command: "cp'),
+            4,
+            "steps.calib.dqm",
+            ["run-scoped steps only"],
+        ),
+        (
+            _edit('{m: "run{{ run.number }}.m"}', '{m: "a.m", n: "b.m"}').replace(
+                "    needs: [calib]\n", "    needs: [calib]\n    dqm: merge\n"
+            ),
+            9,
+            "steps.merge.dqm",
+            ["exactly one output"],
+        ),
         ("name: has space\n" + BASE, 1, "name", ["not a valid name"]),
         ("- a\n- b\n", 1, "", ["expected a mapping"]),
         ("", 1, "", ["the file is empty"]),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -118,3 +121,131 @@ def test_a_task_whose_needs_all_ended_without_releasing_it_is_released_by_the_sw
         s.execute(sa.update(Task).where(Task.id == merge).values(state=TaskState.WAITING))
     with any_db.transaction() as tx:
         assert release_overlooked(tx, utcnow()) == 0, "a need still running holds it back"
+
+
+@contextmanager
+def counted_statements(db: Database) -> Iterator[list[str]]:
+    statements: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    sa.event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        yield statements
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", count)
+
+
+LIVE = CHAIN.replace("    needs: [hist]\n", "    needs: [hist]\n    every: 60s\n    dqm: merge\n")
+T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
+
+
+class LivePlanning:
+    """A run of four files still being taken, planned at chosen instants."""
+
+    def __init__(self, db: Database, folder: Path) -> None:
+        self.db = db
+        self.folder = folder / "p"
+        self.folder.mkdir()
+        (self.folder / "chain.yaml").write_text(LIVE)
+        announce_run(db, folder / "raw", 3, 4)
+        with db.session() as s:
+            self.end_of_run = s.scalar(sa.select(Run.end_of_run_at))
+            s.execute(sa.update(Run).values(end_of_run_at=None))
+        self.revisions = RevisionCache()
+        assert self.plan(0) == 0
+
+    def plan(self, at_s: float) -> int:
+        """Plan at T0 + at_s; the run tasks made."""
+        now = T0 + dt.timedelta(seconds=at_s)
+        pipelines = PipelineFolder(self.folder)
+        pipelines.refresh()
+        with self.db.session() as s:
+            planner.plan_new_files(s, record_revisions(s, pipelines.loaded), now)
+            runs = planner.active_runs(s)
+            with counted_statements(self.db) as statements:
+                made = planner.plan_run_tasks(s, self.revisions, now, runs)
+            if not made:  # the planner runs every second: an idle look must stay cheap
+                # (is the run complete, its revisions, the live tasks, anything new?)
+                assert len(statements) <= 4, statements
+            return made
+
+    def set_state(self, key_part: str, state: TaskState) -> None:
+        with self.db.session() as s:
+            s.execute(sa.update(Task).where(Task.key.endswith(key_part)).values(state=state))
+
+    def hist_done(self, *seqs: int) -> None:
+        with self.db.session() as s:
+            hists = s.scalars(sa.select(Task).where(Task.step == "hist").order_by(Task.id)).all()
+            for seq in seqs:
+                hists[seq - 1].state = TaskState.DONE
+
+    def merges(self) -> dict[str, tuple[TaskState, list[str]]]:
+        """Each merge task (batch:N or final): its state and what it needs (hist:N, batch:N)."""
+        with self.db.session() as s:
+            hist_seq = {
+                t.id: f"hist:{n}"
+                for n, t in enumerate(
+                    s.scalars(sa.select(Task).where(Task.step == "hist").order_by(Task.id)), 1
+                )
+            }
+            found = {}
+            for task in s.scalars(sa.select(Task).where(Task.step == "merge")):
+                needs = s.scalars(
+                    sa.select(TaskDependency.needs_id).where(TaskDependency.task_id == task.id)
+                )
+                names = sorted(
+                    hist_seq.get(n) or f"batch:{s.get(Task, n).batch}"  # type: ignore[union-attr]
+                    for n in needs
+                )
+                found["final" if task.final else f"batch:{task.batch}"] = (task.state, names)
+            return found
+
+    def end_the_run(self) -> None:
+        with self.db.session() as s:
+            s.execute(sa.update(Run).values(end_of_run_at=self.end_of_run))
+
+
+def test_live_merges_come_at_most_every_interval_one_at_a_time_with_new_files(
+    any_db: Database, tmp_path: Path
+) -> None:
+    live = LivePlanning(any_db, tmp_path)
+    assert live.plan(5) == 0, "no file's hist is done yet"
+    live.hist_done(1)
+    assert live.plan(10) == 1, "the first live merge needs no waiting"
+    assert live.merges() == {"batch:1": (TaskState.READY, ["hist:1"])}
+    assert live.plan(11) == 0
+    live.hist_done(2)
+    assert live.plan(200) == 0, "one live merge at a time: batch 1 is not finished"
+    live.set_state("batch:1", TaskState.DONE)
+    assert live.plan(69) == 0, "less than 60 s since the last one was made"
+    assert live.plan(70) == 1
+    assert live.merges()["batch:2"] == (TaskState.READY, ["batch:1", "hist:1", "hist:2"])
+    live.set_state("batch:2", TaskState.DONE)
+    assert live.plan(500) == 0, "nothing new since batch 2"
+    live.hist_done(3)
+    assert live.plan(500) == 1
+    assert live.merges()["batch:3"][1] == ["batch:2", "hist:1", "hist:2", "hist:3"]
+    assert live.plan(1000) == 0
+
+
+def test_the_final_merge_waits_for_a_live_one_and_starts_from_the_last_done(
+    db: Database, tmp_path: Path
+) -> None:
+    live = LivePlanning(db, tmp_path)
+    live.hist_done(1)
+    assert live.plan(0) == 1
+    live.set_state("batch:1", TaskState.DONE)
+    live.hist_done(2, 3)
+    assert live.plan(60) == 1
+    live.set_state("batch:2", TaskState.RUNNING)
+    live.end_the_run()
+    assert live.plan(120) == 0, "the final waits while batch 2 runs; no more live ones"
+    live.set_state("batch:2", TaskState.FAILED)  # failed for good: must not block the final
+    assert live.plan(121) == 1
+    assert live.merges()["final"] == (
+        TaskState.WAITING,
+        ["batch:1", "hist:1", "hist:2", "hist:3", "hist:4"],
+    )
+    assert live.plan(122) == 0, "one final"

@@ -18,7 +18,7 @@ from typing import Any
 
 from yaml.nodes import Node
 
-from runwatch.workflow.spec import Pipeline, Scope, Step
+from runwatch.workflow.spec import DQM_ROLES, Pipeline, Scope, Step
 from runwatch.workflow.templates import (
     TemplateError,
     check_template,
@@ -45,6 +45,8 @@ STEP_KEYS = (
     "timeout",
     "outputs",
     "batch",
+    "every",
+    "dqm",
     "sample_fraction",
     "params",
 )
@@ -252,6 +254,10 @@ class _StepParser:
             self.p.fail(self.key, f"{self.field}.command", "missing: the step's command")
         if "batch" in entries:
             self.check_batch(entries["batch"].value, scope)
+        if "every" in entries:
+            self.check_every(entries, scope)
+        if "dqm" in entries:
+            self.check_dqm(entries["dqm"].value, scope)
         return Step(name=self.name, scope=scope, **self.values)
 
     def scope(self, node: Node) -> Scope:
@@ -334,13 +340,47 @@ class _StepParser:
         self.values["batch"] = self.p.integer(node, field, 1)
 
     def check_batch(self, node: Node, scope: Scope) -> None:
-        field = f"{self.field}.batch"
+        self.check_live_rule(node, "batch", scope)
+
+    def check_live_rule(self, node: Node, key: str, scope: Scope) -> None:
+        """``batch`` and ``every`` make tasks while the run is taken, from its files."""
+        field = f"{self.field}.{key}"
         if scope != "run":
-            self.p.fail(node, field, "batch only applies to run-scoped steps (scope: run)")
+            self.p.fail(node, field, f"{key} only applies to run-scoped steps (scope: run)")
         needs = self.values.get("needs", ())
         if not needs or any(self.earlier[n].scope == "run" for n in needs):
             # The planner counts files whose needed steps are done: that needs file steps.
-            self.p.fail(node, field, "a step with batch must need file-scoped steps only")
+            self.p.fail(node, field, f"a step with {key} must need file-scoped steps only")
+
+    def key_every(self, node: Node, field: str, scope: Scope) -> None:
+        seconds = self.seconds(node, field)
+        if seconds <= 0:
+            self.p.fail(node, field, "expected a duration above 0, like 60s or 5m")
+        self.values["every_s"] = seconds
+
+    def check_every(self, entries: dict[str, Entry], scope: Scope) -> None:
+        node = entries["every"].value
+        self.check_live_rule(node, "every", scope)
+        if "batch" in entries:
+            # Both number their live tasks and both would chain them: one rule per step.
+            self.p.fail(node, f"{self.field}.every", "a step has either batch or every, not both")
+
+    def key_dqm(self, node: Node, field: str, scope: Scope) -> None:
+        value = self.p.value(node)
+        for role in DQM_ROLES:
+            if value == role:
+                self.values["dqm"] = role
+                return
+        self.p.fail(node, field, f"expected {', '.join(DQM_ROLES)}; got {node_kind(node)}")
+
+    def check_dqm(self, node: Node, scope: Scope) -> None:
+        field = f"{self.field}.dqm"
+        if scope != "run":
+            self.p.fail(node, field, "dqm: merge applies to run-scoped steps only (scope: run)")
+        if len(self.values.get("outputs", {})) != 1:
+            self.p.fail(
+                node, field, "a dqm: merge step has exactly one output, the run's merged file"
+            )
 
     def key_memory(self, node: Node, field: str, scope: Scope) -> None:
         value = self.p.value(node)
@@ -358,6 +398,10 @@ class _StepParser:
         self.values["memory_mb"] = math.ceil(float(match.group(1)) * MEMORY_UNIT_MB[unit])
 
     def key_timeout(self, node: Node, field: str, scope: Scope) -> None:
+        self.values["timeout_s"] = self.seconds(node, field)
+
+    def seconds(self, node: Node, field: str) -> float:
+        """A duration: seconds as a number, or ``90s``, ``30m``, ``1h30m``, ``1d``."""
         value = self.p.value(node)
         seconds: float | None = None
         if isinstance(value, str):
@@ -375,7 +419,7 @@ class _StepParser:
                 field,
                 f"expected seconds or a duration like 90s, 30m, 1h30m; got {node_kind(node)}",
             )
-        self.values["timeout_s"] = seconds
+        return seconds
 
     def key_sample_fraction(self, node: Node, field: str, scope: Scope) -> None:
         value = self.p.value(node)

@@ -1,8 +1,12 @@
 """The planner: turns catalogued files and runs into tasks.
 
 File-scoped steps get one task per file as soon as the file is catalogued. Run-scoped steps
-get a final task once the run has ended and all its files are in, and, with a batch rule,
-one task per N files whose needed steps are done while the run is still being taken.
+get a final task once the run has ended and all its files are in, and, while the run is
+still being taken, either one task per N files whose needed steps are done (``batch``) or
+*live* tasks (``every``): one at a time, at most every ``every_s`` seconds, whenever a
+needed file task finished that the last live task did not include. A live task needs the
+previous finished one, so the previous output (a live merge's merged file) is among its
+inputs and is its starting point; the final task needs the last finished one too.
 Task keys are unique, so planning twice (a restart mid-tick) never makes a task twice.
 """
 
@@ -11,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -24,6 +29,7 @@ from runwatch.workflow.states import TaskState
 
 ACTIVE_RUN = (RunStatus.DATA_TAKING, RunStatus.REC_RUNNING)
 DEAD_END = (TaskState.FAILED, TaskState.BLOCKED, TaskState.CANCELLED)
+SETTLED = (TaskState.DONE, *DEAD_END)
 
 
 def file_task_key(pipeline: str, step: str, file_id: int) -> str:
@@ -178,6 +184,8 @@ def plan_run_tasks(
                     continue
                 if complete:
                     made += _plan_final(session, run, revision_id, pipeline, step, now)
+                elif step.every_s:
+                    made += _plan_live(session, run, revision_id, pipeline, step, now)
                 elif step.batch:
                     made += _plan_batches(session, run, revision_id, pipeline, step, now)
     session.flush()
@@ -213,9 +221,110 @@ def _plan_final(
     key = run_task_key(pipeline.name, step.name, run.id, None)
     if session.scalar(sa.select(Task.id).where(Task.key == key)) is not None:
         return 0
-    needs = _needed_tasks(session, run.id, pipeline.name, step.needs)
+    previous: list[Task] = []
+    if step.every_s:
+        live = _live_summary(session, run.id, pipeline.name, step.name)
+        if live.unfinished:
+            return 0  # the final starts from the live task's output: wait for it
+        if live.last_done_batch is not None:
+            last = run_task_key(pipeline.name, step.name, run.id, live.last_done_batch)
+            previous.append(_live_task(session, last))
+    needs = [*_needed_tasks(session, run.id, pipeline.name, step.needs), *previous]
     _add_run_task(session, run, revision_id, pipeline, step, now, key, None, needs)
     return 1
+
+
+@dataclass(frozen=True)
+class LiveSummary:
+    """A run's live tasks of one step, as the live rule needs them (one aggregate query)."""
+
+    last_batch: int  # 0 when there is none
+    last_created_at: dt.datetime | None
+    unfinished: bool  # one is neither done nor failed, blocked or cancelled
+    last_done_batch: int | None
+
+    def due(self, now: dt.datetime, every_s: float) -> bool:
+        """Pure: may a new live task be made now (before looking for new files)?"""
+        if self.unfinished:
+            return False
+        if self.last_created_at is None:
+            return True
+        return (now - self.last_created_at).total_seconds() >= every_s
+
+
+def _live_summary(session: Session, run_id: int, pipeline: str, step: str) -> LiveSummary:
+    done_batch = sa.case((Task.state == TaskState.DONE, Task.batch))
+    unfinished = sa.case((Task.state.in_(SETTLED), 0), else_=1)
+    row = session.execute(
+        sa.select(
+            sa.func.coalesce(sa.func.max(Task.batch), 0),
+            sa.func.max(Task.created_at),
+            sa.func.coalesce(sa.func.max(unfinished), 0),
+            sa.func.max(done_batch),
+        ).where(
+            Task.run_id == run_id,
+            Task.pipeline == pipeline,
+            Task.step == step,
+            Task.final.is_(False),
+        )
+    ).one()
+    last_batch, created_at, open_, done = row
+    return LiveSummary(int(last_batch), created_at, bool(open_), done)
+
+
+def _live_task(session: Session, key: str) -> Task:
+    task = session.scalar(sa.select(Task).where(Task.key == key))
+    assert task is not None, key
+    return task
+
+
+def _plan_live(
+    session: Session, run: Run, revision_id: int, pipeline: Pipeline, step: Step, now: dt.datetime
+) -> int:
+    """While the run is taken: a live task when one is due and a needed file task finished
+    that the last finished live task did not include. It needs every needed task done now
+    and that live task, whose output is its starting point."""
+    assert step.every_s
+    live = _live_summary(session, run.id, pipeline.name, step.name)
+    if not live.due(now, step.every_s):
+        return 0
+    previous_key = None
+    if live.last_done_batch is not None:
+        previous_key = run_task_key(pipeline.name, step.name, run.id, live.last_done_batch)
+    if not session.scalar(_news_for(run.id, pipeline.name, step.needs, previous_key)):
+        return 0  # one cheap query on idle ticks; the needed tasks are loaded only to plan
+    needs = [
+        t
+        for t in _needed_tasks(session, run.id, pipeline.name, step.needs)
+        if t.state is TaskState.DONE
+    ]
+    if previous_key is not None:
+        needs.append(_live_task(session, previous_key))
+    number = live.last_batch + 1
+    key = run_task_key(pipeline.name, step.name, run.id, number)
+    _add_run_task(session, run, revision_id, pipeline, step, now, key, number, needs)
+    return 1
+
+
+def _news_for(
+    run_id: int, pipeline: str, needs: Iterable[str], previous_key: str | None
+) -> sa.Select[tuple[bool]]:
+    """Is a needed task done that the live task ``previous_key`` does not need?"""
+    done = sa.select(Task.id).where(
+        Task.run_id == run_id,
+        Task.pipeline == pipeline,
+        Task.step.in_(list(needs)),
+        Task.final.is_(True),
+        Task.state == TaskState.DONE,
+    )
+    if previous_key is not None:
+        previous = sa.select(Task.id).where(Task.key == previous_key).scalar_subquery()
+        done = done.where(
+            ~sa.exists().where(
+                TaskDependency.task_id == previous, TaskDependency.needs_id == Task.id
+            )
+        )
+    return sa.select(done.exists())
 
 
 def _add_run_task(
@@ -332,8 +441,7 @@ def derive_run_status(complete: bool, counts: dict[TaskState, int]) -> RunStatus
     """Pure: a run's status from whether its files are all in and its task counts by state."""
     if not complete:
         return RunStatus.DATA_TAKING
-    settled = TaskState.DONE, *DEAD_END
-    if any(n for state, n in counts.items() if state not in settled):
+    if any(n for state, n in counts.items() if state not in SETTLED):
         return RunStatus.REC_RUNNING
     if any(counts.get(state, 0) for state in DEAD_END):
         return RunStatus.PARTLY_COMPLETED

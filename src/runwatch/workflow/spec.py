@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Scope = Literal["file", "run"]
+DqmRole = Literal["merge"]
+DQM_ROLES: tuple[DqmRole, ...] = ("merge",)
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,11 @@ class Step:
     (number, stream) always, ``inputs`` (local paths after stage-in), ``outputs`` (name →
     file name in the work directory), ``threads``, ``sample_fraction``, ``task`` (key, id,
     batch, final) and ``params`` (the pipeline's parameters overlaid by the step's).
+
+    ``every_s`` (run scope) makes *live* tasks while the run is taken: one at a time, at
+    most every ``every_s`` seconds, each needing the previous live task so that its output
+    is the next one's starting point (see ``runwatch.workflow.planner``). ``dqm="merge"``
+    tells the DQM service that the step's one output is the run's merged histogram file.
     """
 
     name: str
@@ -36,6 +43,8 @@ class Step:
     batch: int | None = None  # run scope: also run for every N files done, while taking data
     sample_fraction: float = 1.0
     params: Mapping[str, Any] = field(default_factory=dict)
+    every_s: float | None = None  # run scope: also run live, at most this often, while taking data
+    dqm: DqmRole | None = None  # "merge": the single output is the run's merged DQM histograms
 
 
 @dataclass(frozen=True)
