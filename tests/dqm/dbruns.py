@@ -221,9 +221,10 @@ def detector_file(
     dead: Sequence[int] = (),
     hot: Sequence[int] = (),
     energy_mean: float = 5.0,
+    energy_width: float = 1.0,
 ) -> dict[str, Hist]:
     """One file's histograms: PMTs firing in ~10 % of events (dead never, hot always)."""
     hits = rng.binomial(events, 0.1, N_PMT).astype(np.float64)
     hits[list(dead)] = 0.0
     hits[list(hot)] = float(events)
-    return pmt_hists(hits, events) | {"energy": energy_hist(rng, events, energy_mean)}
+    return pmt_hists(hits, events) | {"energy": energy_hist(rng, events, energy_mean, energy_width)}

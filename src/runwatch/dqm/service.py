@@ -331,7 +331,7 @@ def verdict_reason(results: Sequence[CheckResult], problems: Sequence[str] = ())
     )
     parts = list(problems) + [f"{r.key}: {r.reason}" for r in worst[:REASONS_SHOWN]]
     if len(worst) > REASONS_SHOWN:
-        parts.append(f"{len(worst) - REASONS_SHOWN} more")
+        parts.append(f"and {len(worst) - REASONS_SHOWN} more")
     if not parts:
         return f"{len(counted)} checks good" if counted else "no checks declared"
     return "; ".join(parts)
