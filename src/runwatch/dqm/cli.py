@@ -3,7 +3,8 @@
 These commands are the DQM library (``runwatch.dqm``) at a shell prompt: merge per-file
 histogram files into a run's merged file exactly once, classify PMTs, evaluate a check
 file. The library (numpy, uproot) is imported inside the commands so that
-``runwatch --help`` stays fast.
+``runwatch --help`` stays fast. The run-level commands on the deployment's database
+(``status``, ``checks``, ``trend`` and ``pmt RUN``) are in ``runwatch.dqm.runs_cli``.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ if TYPE_CHECKING:
     from runwatch.dqm.checkspec import CheckSpec
     from runwatch.dqm.histogram import Hist
     from runwatch.dqm.merge import MergeReport
-    from runwatch.dqm.pmtstatus import Cuts, PmtClass, PmtStatus
+    from runwatch.dqm.pmtstatus import ClassChanges, Cuts, PmtClass, PmtStatus
     from runwatch.dqm.verdict import CheckResult
 
 dqm_app = typer.Typer(
-    help="Data quality on histogram files: merge them, classify PMTs, evaluate checks.",
+    help="Data quality: runs' verdicts, checks, PMT status and trends; histogram files.",
     no_args_is_help=True,
 )
 
@@ -48,7 +49,9 @@ class CutsPreset(enum.StrEnum):
 def register(app: typer.Typer) -> None:
     """Add this feature's commands to ``app``."""
     from runwatch.dqm.alarms_cli import alarms_app
+    from runwatch.dqm.runs_cli import add_run_commands
 
+    add_run_commands(dqm_app)
     dqm_app.add_typer(alarms_app, name="alarms")
     app.add_typer(dqm_app, name="dqm")
 
@@ -147,7 +150,9 @@ def _print_merge(report: MergeReport) -> None:
 
 @dqm_app.command("pmt")
 def pmt(
-    histfile: Path = typer.Argument(..., help="A histogram file with pmt_hits and n_events."),
+    target: str = typer.Argument(
+        ..., help="A run number (its stored status), or a histogram file with pmt_hits."
+    ),
     cuts: CutsPreset = typer.Option(
         CutsPreset.DEFAULT, "--cuts", help="The cuts to start from; the options below override."
     ),
@@ -168,13 +173,32 @@ def pmt(
     list_classes: str | None = typer.Option(
         None, "--list", help="Comma-separated classes whose PMT ids to print, e.g. dead,hot."
     ),
+    set_cut: list[str] = typer.Option(
+        [], "--set-cut", help="RUN only: store the run's own cut, name=value (repeatable)."
+    ),
+    by: str | None = typer.Option(None, "--by", help="RUN only: who sets the cuts."),
+    comment: str = typer.Option("", "--comment", help="RUN only: why the cuts are set."),
 ) -> None:
-    """PMT classes of a run's (merged or per-file) histogram file: counts, ids, changes.
+    """PMT classes of a run, or of a (merged or per-file) histogram file: counts, changes.
 
-    A PMT's fired fraction is pmt_hits / n_events; fractions are cuts, not percent
-    (0.01 is 1 %). Exit code 1 for a file that cannot be read or lacks those histograms.
+    With a run number: its stored status from its latest merge, the cuts in force and the
+    PMTs whose class changed since the previous good run; --set-cut stores the run's own
+    cuts (with --by) and re-evaluates the run. With a file: classified now with --cuts
+    and the options overriding them; --previous compares with another file. A PMT's
+    fired fraction is pmt_hits / n_events; cuts are fractions, not percent (0.01 is 1 %).
+    Exit code 1 for a file that cannot be read or lacks those histograms, or a run
+    without a PMT status.
     """
-    from runwatch.dqm.pmtstatus import PmtClass, changed_since
+    from runwatch.dqm.pmtstatus import changed_since
+    from runwatch.dqm.runs_cli import pmt_of_run
+
+    histfile = Path(target)
+    if target.isdigit() and not histfile.exists():
+        listed_names = [cls.value for cls in _classes(list_classes)]
+        pmt_of_run(int(target), set_cut, by, comment, listed_names)
+        return
+    if set_cut:
+        raise typer.BadParameter("cuts are stored for a run, not a file", param_hint="--set-cut")
 
     overrides = {
         "dead": dead,
@@ -200,16 +224,23 @@ def pmt(
             changes = changed_since(_status_of_file(previous, in_force), status)
         except ValueError as exc:
             raise _fail(f"{previous} against {histfile}: {exc}") from exc
-        new_dead, new_hot = len(changes.became(PmtClass.DEAD)), len(changes.became(PmtClass.HOT))
-        console.print(
-            f"changed since {previous}: {len(changes)} PMTs "
-            f"({new_dead} new dead, {new_hot} new hot)"
-        )
-        if len(changes):
-            table = Table("pmt", "before", "now")
-            for pmt_id, old, new in changes:
-                table.add_row(str(pmt_id), old.value, new.value)
-            console.print(table)
+        print_changes(console, str(previous), changes)
+
+
+def print_changes(console: Console, since: str, changes: ClassChanges) -> None:
+    """How many PMTs changed class since an earlier run, how many became dead or hot, and
+    a table of them."""
+    from runwatch.dqm.pmtstatus import PmtClass
+
+    new_dead, new_hot = len(changes.became(PmtClass.DEAD)), len(changes.became(PmtClass.HOT))
+    console.print(
+        f"changed since {since}: {len(changes)} PMTs ({new_dead} new dead, {new_hot} new hot)"
+    )
+    if len(changes):
+        table = Table("pmt", "before", "now")
+        for pmt_id, old, new in changes:
+            table.add_row(str(pmt_id), old.value, new.value)
+        console.print(table)
 
 
 def _cuts(preset: CutsPreset, overrides: Mapping[str, float | int]) -> Cuts:
