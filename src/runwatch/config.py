@@ -133,7 +133,20 @@ class AlarmSettings(BaseModel):
     )
     notifiers: list[dict[str, Any]] = Field(
         default_factory=lambda: [{"kind": "log"}],
-        description="Who is told: tables with kind = log | smtp | webhook and their options.",
+        description="Who is told: tables with kind = log | smtp | webhook and their options "
+        "(see docs/dqm.md, Alarms); an optional name tells two of one kind apart.",
+    )
+    notify_retry_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="A notifier that failed is tried again after this long; the alarm "
+        "stays pending meanwhile.",
+    )
+    notify_max_per_call: int = Field(
+        20,
+        gt=0,
+        description="At most this many pending alarms are sent per scheduler tick, so a "
+        "burst of alarms never holds the scheduler up for long.",
     )
 
 
