@@ -57,7 +57,7 @@ def merge_steps(session: Session, revisions: RevisionCache) -> list[tuple[int, s
     for revision_id in ids:
         pipeline = revisions.get(session, revision_id)
         for step in pipeline.steps.values():
-            if getattr(step, "dqm", None) == MERGE_STEP:
+            if step.dqm == MERGE_STEP:
                 found.append((revision_id, step.name))
     return found
 
@@ -192,9 +192,10 @@ def _path_of(url: str) -> str:
 
 
 def _objects_of(contribution: Mapping[str, Any]) -> list[tuple[str, str, float]] | None:
-    """A contribution's histogram objects: as the merge listed them, else read from it."""
-    listed = contribution.get("histograms")
-    if listed is not None:
+    """A contribution's histogram objects: the merge's inventory of it, else read from it
+    (files merged before inventories were recorded have none)."""
+    listed = contribution.get("inventory")
+    if listed:
         return [(h["path"], h["classname"], float(h["entries"])) for h in listed]
     try:
         found: HistFile = read_file(str(contribution["path"]))
