@@ -10,6 +10,7 @@ file. The library (numpy, uproot) is imported inside the commands so that
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     from runwatch.dqm.checkspec import CheckSpec
     from runwatch.dqm.histogram import Hist
-    from runwatch.dqm.merge import MergeReport
+    from runwatch.dqm.merge import Contribution, MergeReport
     from runwatch.dqm.pmtstatus import ClassChanges, Cuts, PmtClass, PmtStatus
     from runwatch.dqm.verdict import CheckResult
 
@@ -67,21 +68,25 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 @dqm_app.command("merge")
 def merge(
     merged: Path = typer.Argument(..., help="The merged file: created, or added to."),
-    inputs: list[Path] = typer.Argument(..., help="Per-file histogram files to merge."),
+    inputs: list[Path] = typer.Argument(
+        ..., help="Per-file histogram files to merge, and at most one earlier merged file."
+    ),
 ) -> None:
     """Merge per-file histogram files into MERGED, each exactly once, incrementally.
 
-    An input is identified by its file name and its adler32 checksum: one already in
+    An input is identified by its absolute path and its adler32 checksum: one already in
     MERGED with the same checksum is skipped; one whose checksum changed (re-produced)
-    makes the merge rebuild from scratch. An unreadable or incompatible input is reported
+    makes the merge rebuild from scratch. An input that is itself a merged file (the
+    previous live merge of the run) is the starting point: MERGED becomes a copy of it
+    plus the inputs it does not include. An unreadable or incompatible input is reported
     and left out whole; the others are still merged. Exit code 1 if any input was in
     error, else 0.
     """
-    from runwatch.dqm.merge import Contribution, merge_into
+    from runwatch.dqm.merge import merge_into
 
     _refuse_to_overwrite(merged, inputs)
-    contributions = [Contribution(p.name, p, events=_events_of(p)) for p in inputs]
-    report = merge_into(merged, contributions)
+    start, contributions = _sort_inputs(inputs)
+    report = merge_into(merged, contributions, start=start)
     _print_merge(report)
     if report.errors:
         raise typer.Exit(1)
@@ -108,24 +113,48 @@ def _refuse_to_overwrite(merged: Path, inputs: Sequence[Path]) -> None:
         )
 
 
-def _events_of(path: Path) -> int:
-    """The input's event count (its ``n_events``), 0 when it has none or cannot be read."""
-    from runwatch.dqm.histogram import HistogramFileError, read_histograms
+def _sort_inputs(inputs: Sequence[Path]) -> tuple[Path | None, list[Contribution]]:
+    """The merged file among the inputs (the starting point), and the per-file inputs.
 
-    try:
-        hist = read_histograms(path, names=(N_EVENTS,)).get(N_EVENTS)
-    except (HistogramFileError, OSError):
-        return 0  # merge_into reads the file again and reports why it cannot
-    return 0 if hist is None else round(float(hist.sumw.sum()))
+    A per-file input's key is its absolute path: the engine re-runs a task into the same
+    path, so a re-produced file replaces its old contribution. One reading of each file
+    gives both its kind (a merged file's metadata) and its events (``n_events``).
+    """
+    from runwatch.dqm.histogram import HistogramFileError, read_file
+    from runwatch.dqm.merge import META_FORMAT, Contribution
+
+    merged: list[Path] = []
+    contributions = []
+    for path in inputs:
+        try:
+            found = read_file(path, names=(N_EVENTS,))
+        except (HistogramFileError, OSError):
+            found = None  # merge_into reads the file again and reports why it cannot
+        if found is not None and (found.meta or {}).get("format") == META_FORMAT:
+            merged.append(path)
+            continue
+        hist = None if found is None else found.hists.get(N_EVENTS)
+        events = 0 if hist is None else round(float(hist.sumw.sum()))
+        contributions.append(Contribution(os.path.abspath(path), path, events=events))
+    if len(merged) > 1:
+        raise _fail(
+            f"more than one merged file among the inputs ({', '.join(map(str, merged))}); "
+            "give the latest one only",
+            2,
+        )
+    return (merged[0] if merged else None), contributions
 
 
 def _print_merge(report: MergeReport) -> None:
     console = Console()
 
     def names(keys: Sequence[str]) -> str:
-        return ", ".join(keys) if keys else "-"
+        # A key is an input's absolute path; its file name is what a reader scans for.
+        return ", ".join(Path(k).name for k in keys) if keys else "-"
 
     console.print(f"[bold]merged file:[/bold] {report.merged_path}")
+    if report.started_from is not None:
+        console.print(f"started from: {report.started_from}")
     console.print(f"added: {len(report.added)} ({names(report.added)})")
     console.print(f"skipped, already included: {len(report.skipped)} ({names(report.skipped)})")
     if report.rebuilt:
@@ -151,7 +180,9 @@ def _print_merge(report: MergeReport) -> None:
 @dqm_app.command("pmt")
 def pmt(
     target: str = typer.Argument(
-        ..., help="A run number (its stored status), or a histogram file with pmt_hits."
+        ...,
+        metavar="RUN|HISTFILE",
+        help="A run number (its stored status), or a histogram file with pmt_hits.",
     ),
     cuts: CutsPreset = typer.Option(
         CutsPreset.DEFAULT, "--cuts", help="The cuts to start from; the options below override."

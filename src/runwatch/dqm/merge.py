@@ -1,8 +1,9 @@
 """Incremental, exactly-once merging of one run's per-file histogram files.
 
 The merged file says, inside itself, what it contains: its metadata (``META_KEY``) lists
-every contribution -- the input's key (the producing task), its adler32 checksum, its
-event count and path. The histograms and that list are written together, atomically
+every contribution -- the input's key (the producing task, or its absolute path), its
+adler32 checksum, its event count and path, and the inventory of its histograms (path,
+class, entries). The histograms and that list are written together, atomically
 (``write_histograms``: temporary name, then rename), so whatever instant a merge is
 killed at, the merged file on disk is complete and its list says exactly what it holds.
 That is the whole of the exactly-once argument:
@@ -18,15 +19,21 @@ That is the whole of the exactly-once argument:
   whole (never half-added), and everything else is still merged. A later merge tries it
   again.
 
+A merge may also *start* from another merged file (``start``): the previous live merge of
+the run. The new file is then that file plus the contributions it does not list, by the
+same rules, and the previous file is never written to, so a merge task killed at any
+instant and re-run gives the same result as one uninterrupted run.
+
 Nothing here touches the database: the engine's merge task calls ``merge_into`` and
 stores the report.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +46,7 @@ from runwatch.dqm.histogram import (
     read_file,
     write_histograms,
 )
+from runwatch.storage.atomic import written_atomically
 from runwatch.storage.checksum import adler32_file, normalise_adler32
 
 META_FORMAT = "runwatch.dqm.merge/1"
@@ -61,13 +69,35 @@ class Contribution:
 
 
 @dataclass(frozen=True)
+class HistEntry:
+    """One histogram of an input: its path in the file, its ROOT class, its entries."""
+
+    path: str
+    classname: str
+    entries: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "classname": self.classname, "entries": self.entries}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HistEntry:
+        return cls(str(data["path"]), str(data["classname"]), float(data["entries"]))
+
+
+@dataclass(frozen=True)
 class Included:
-    """A contribution as the merged file records it."""
+    """A contribution as the merged file records it.
+
+    ``inventory`` lists the input's histograms, so that what each merged histogram was made
+    of is known without opening the inputs again; files merged before it was recorded
+    have none (empty).
+    """
 
     key: str
     checksum: str
     events: int
     path: str
+    inventory: tuple[HistEntry, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -75,11 +105,19 @@ class Included:
             "checksum": self.checksum,
             "events": self.events,
             "path": self.path,
+            "inventory": [h.to_dict() for h in self.inventory],
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Included:
-        return cls(str(data["key"]), str(data["checksum"]), int(data["events"]), str(data["path"]))
+        inventory = tuple(HistEntry.from_dict(h) for h in data.get("inventory", ()))
+        return cls(
+            str(data["key"]),
+            str(data["checksum"]),
+            int(data["events"]),
+            str(data["path"]),
+            inventory,
+        )
 
 
 @dataclass(frozen=True)
@@ -98,11 +136,13 @@ class MergeReport:
     ``added``: keys added by this merge (all included keys after a rebuild);
     ``skipped``: keys already included with the same checksum; ``replaced``: keys whose
     checksum changed, which caused the rebuild; ``errors``: inputs left out;
-    ``written``: whether the merged file was rewritten (not when nothing changed).
+    ``written``: whether the merged file was rewritten (not when nothing changed, unless
+    the merge started from another file); ``started_from``: that file.
     ``files_included``/``events_included``: the merged file's contents after the merge.
     """
 
     merged_path: Path
+    started_from: Path | None = None
     added: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)
@@ -150,20 +190,27 @@ def read_merged(path: str | Path) -> MergedState:
 
 
 def merge_into(
-    merged_path: str | Path, inputs: Sequence[Contribution], *, rebuild: bool = False
+    merged_path: str | Path,
+    inputs: Sequence[Contribution],
+    *,
+    rebuild: bool = False,
+    start: str | Path | None = None,
 ) -> MergeReport:
     """Merge ``inputs`` into the merged file at ``merged_path``, each exactly once.
 
     ``inputs`` are the run's current histogram files; those already included may be left
     out. ``rebuild=True`` starts from scratch from exactly ``inputs`` (dropping earlier
-    contributions not listed). See the module docstring for the rules.
+    contributions not listed). ``start``, another merged file, is the starting point
+    instead of what ``merged_path`` holds: ``merged_path`` becomes a copy of it plus the
+    inputs it does not include. See the module docstring for the rules.
     """
     merged_path = Path(merged_path)
-    report = MergeReport(merged_path)
+    source = merged_path if start is None else Path(start)
+    report = MergeReport(merged_path, None if source == merged_path else source)
     try:
-        state = read_merged(merged_path)
+        state = read_merged(source)
     except HistogramFileError as error:
-        report.notes.append(f"merged file unreadable, rebuilt from the inputs given: {error}")
+        report.notes.append(f"{source} unreadable, rebuilt from the inputs given: {error}")
         state, rebuild = MergedState(), True
     current = _identify(inputs, report)
     report.replaced = [
@@ -184,8 +231,12 @@ def merge_into(
             report.added.append(item.key)
         else:
             report.errors.append(InputError(item.key, item.path, reason))
-    if report.added or report.rebuilt:
+    copied = report.started_from is not None
+    if report.added or report.rebuilt or (copied and report.errors):
         write_histograms(merged_path, state.hists, state.meta(report.errors))
+        report.written = True
+    elif copied:
+        _copy(source, merged_path)  # the same content, and cheaper than writing it anew
         report.written = True
     report.files_included = len(state.included)
     report.events_included = sum(c.events for c in state.included.values())
@@ -234,5 +285,11 @@ def _add_file(state: MergedState, item: Included) -> str | None:
             accumulate(state.hists[name], hist)
         else:
             state.hists[name] = hist
-    state.included[item.key] = item
+    inventory = tuple(HistEntry(n, h.classname, h.entries) for n, h in hists.items())
+    state.included[item.key] = replace(item, inventory=inventory)
     return None
+
+
+def _copy(source: Path, target: Path) -> None:
+    with written_atomically(target, durable=True) as part:
+        shutil.copyfile(source, part)
