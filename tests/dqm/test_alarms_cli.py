@@ -104,3 +104,15 @@ def test_notify_test(app: typer.Typer, deployment: Path, db: Database) -> None:
     code, out = invoke(app, "notify-test")
     assert code == 2
     assert "[alarms] notifiers[0] (smtp): host: Field required" in out
+
+
+def test_brackets_in_messages_are_printed_as_they_are(
+    app: typer.Typer, deployment: Path, db: Database
+) -> None:
+    ids = raise_all(db)
+    with db.session() as session:
+        session.execute(sa.update(Alarm).values(message="energy [bad] at [red]5 MeV"))
+    code, out = invoke(app, "list")
+    assert code == 0 and "energy [bad] at [red]5 MeV" in out
+    code, out = invoke(app, "show", str(ids["verdict"]))
+    assert code == 0 and "energy [bad] at [red]5 MeV" in out

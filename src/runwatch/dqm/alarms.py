@@ -122,7 +122,7 @@ def stale_runs(conn: sa.Connection, now: dt.datetime, minutes: float) -> list[Co
     limit = dt.timedelta(minutes=minutes)
     stale: list[Condition] = []
     for run_id, number, status, *times in rows:
-        last = max(_as_utc(t) for t in times if t is not None)
+        last: dt.datetime = max(t for t in times if t is not None)
         if now - last < limit:
             continue
         stale.append(
@@ -136,15 +136,6 @@ def stale_runs(conn: sa.Connection, now: dt.datetime, minutes: float) -> list[Co
             )
         )
     return stale
-
-
-def _as_utc(value: Any) -> dt.datetime:
-    # max() of a UTCDateTime column comes back through its type, except where a driver
-    # returns the aggregate as text (SQLite).
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    assert isinstance(value, dt.datetime)
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
 def failed_tasks(conn: sa.Connection) -> list[Condition]:
@@ -193,6 +184,28 @@ def sweep(tx: Transaction, settings: Settings, now: dt.datetime) -> SweepReport:
     holding = conditions(conn, settings.alarms, now)
     report = SweepReport(holding=len(holding))
     events: list[dict[str, Any]] = []
+    if _follow_live(conn, holding, now, report, events):
+        conn.execute(
+            sa.update(ALARMS)
+            .where(ALARMS.c.state.in_(LIVE), ALARMS.c.last_seen_at < now - LAST_SEEN_EVERY)
+            .values(last_seen_at=now)
+        )
+    _raise_unalarmed(conn, holding, now, report, events)
+    if events:
+        conn.execute(sa.insert(EVENTS), events)
+    return report
+
+
+def _follow_live(
+    conn: sa.Connection,
+    holding: dict[str, Condition],
+    now: dt.datetime,
+    report: SweepReport,
+    events: list[dict[str, Any]],
+) -> bool:
+    """Clear the open and acknowledged alarms whose condition is gone, re-raise those
+    whose acknowledgement expired, and take their conditions out of ``holding``. True if
+    some alarm still holding was last seen longer than ``LAST_SEEN_EVERY`` ago."""
     live = conn.execute(
         sa.select(
             ALARMS.c.id,
@@ -205,7 +218,6 @@ def sweep(tx: Transaction, settings: Settings, now: dt.datetime) -> SweepReport:
             ALARMS.c.times_raised,
         ).where(ALARMS.c.state.in_(LIVE))
     ).all()
-    seen_before = now - LAST_SEEN_EVERY
     refresh_seen = False
     for row in live:
         condition = holding.pop(row.key, None)
@@ -223,8 +235,19 @@ def sweep(tx: Transaction, settings: Settings, now: dt.datetime) -> SweepReport:
                 conn.execute(
                     sa.update(ALARMS).where(ALARMS.c.id == row.id).values(message=condition.message)
                 )
-            refresh_seen = refresh_seen or row.last_seen_at < seen_before
-    # What is left holds without a live alarm: one cleared before, or none yet.
+            refresh_seen = refresh_seen or row.last_seen_at < now - LAST_SEEN_EVERY
+    return refresh_seen
+
+
+def _raise_unalarmed(
+    conn: sa.Connection,
+    holding: dict[str, Condition],
+    now: dt.datetime,
+    report: SweepReport,
+    events: list[dict[str, Any]],
+) -> None:
+    """Raise an alarm for each condition without a live one: the one cleared before, or a
+    new one."""
     cleared = _cleared_alarms(conn, list(holding))
     for key, condition in holding.items():
         if key in cleared:
@@ -236,15 +259,6 @@ def sweep(tx: Transaction, settings: Settings, now: dt.datetime) -> SweepReport:
             alarm_id = _insert(conn, condition, now)
             events.append(_event(alarm_id, now, "raised", None))
             report.raised.append(key)
-    if refresh_seen:
-        conn.execute(
-            sa.update(ALARMS)
-            .where(ALARMS.c.state.in_(LIVE), ALARMS.c.last_seen_at < seen_before)
-            .values(last_seen_at=now)
-        )
-    if events:
-        conn.execute(sa.insert(EVENTS), events)
-    return report
 
 
 def _expired(expires_at: dt.datetime | None, now: dt.datetime) -> bool:
