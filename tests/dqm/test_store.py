@@ -8,13 +8,17 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 
+from runwatch.catalogue.models import Run, RunStatus
 from runwatch.config import Settings
 from runwatch.db import Database
+from runwatch.dqm.merge import Contribution, merge_into
 from runwatch.dqm.models import DqmHistogram, DqmMerge, DqmRunQuality
 from runwatch.dqm.service import register_merges
-from runwatch.dqm.store import MERGED_FILE
+from runwatch.dqm.store import LOOKBACK, MERGED_FILE, recent_tasks_floor
 from runwatch.dqm.verdict import Verdict
+from runwatch.workflow.models import Attempt, Task, TaskOutput
 from runwatch.workflow.revisions import RevisionCache
+from runwatch.workflow.states import AttemptState
 from tests.conftest import shared_path
 from tests.dqm.dbruns import T0, detector_file, dqm_settings, hist_tasks, make_run, merge_task
 
@@ -151,3 +155,57 @@ def test_histograms_written_by_root_are_merged_and_registered(
         ).all()
         scint = {h.path: h.entries for h in per_file}["Scint_Times"]
         assert {h.path: h.entries for h in merged}["Scint_Times"] == 2 * scint
+
+
+def test_a_rerun_merge_task_is_registered_again_in_place(
+    db: Database, settings: Settings, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(5)
+    revisions = RevisionCache()
+    with db.session() as session:
+        run = make_run(session, 13, files=2)
+        made = hist_tasks(session, run, tmp_path, [detector_file(rng, 500) for _ in range(2)])
+        task = merge_task(session, made, tmp_path, paths=made.paths[:1])
+        (first,) = register_merges(session, settings, revisions, T0)
+        # An operator re-runs it: a second attempt, whose output now holds both files.
+        merge_into(
+            tmp_path / "again.root", [Contribution(str(p), p, events=500) for p in made.paths]
+        )
+        attempt = Attempt(task_id=task.id, number=2, state=AttemptState.SUCCEEDED, executor="local")
+        session.add(attempt)
+        session.flush()
+        output = session.scalars(sa.select(TaskOutput).where(TaskOutput.task_id == task.id)).one()
+        output.attempt_id, output.url = attempt.id, (tmp_path / "again.root").as_uri()
+        assert register_merges(session, settings, revisions, T0) == [first]
+        merge = session.get_one(DqmMerge, first)
+        assert (merge.attempt_id, merge.files_included, merge.events_included) == (
+            attempt.id,
+            2,
+            1000,
+        )
+        merged_rows = _histograms(session, first)
+        assert len(merged_rows) == 3 and len(_histograms(session, None)) == 6
+        assert register_merges(session, settings, revisions, T0) == []
+
+
+def test_only_runs_in_play_are_searched_for_merges(
+    db: Database, settings: Settings, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(6)
+    with db.session() as session:
+        old = make_run(session, 14, files=1)
+        made = hist_tasks(session, old, tmp_path, [detector_file(rng, 500)])
+        merge_task(session, made, tmp_path)
+        old.status, old.updated_at = RunStatus.ALL_COMPLETED, T0 - LOOKBACK * 2
+        session.flush()
+        assert recent_tasks_floor(session, T0) is None
+        assert register_merges(session, settings, RevisionCache(), T0) == []
+        # Changed within a day (e.g. reopened for a re-run): searched again.
+        old.updated_at = T0 - LOOKBACK / 2
+        session.flush()
+        assert recent_tasks_floor(session, T0) == made_first_task(session, old)
+        assert len(register_merges(session, settings, RevisionCache(), T0)) == 1
+
+
+def made_first_task(session: sa.orm.Session, run: Run) -> int:
+    return session.scalars(sa.select(sa.func.min(Task.id)).where(Task.run_id == run.id)).one()

@@ -61,7 +61,6 @@ from runwatch.dqm.pmtstatus import (
 from runwatch.dqm.references import NoReference, References
 from runwatch.dqm.store import (
     latest_merge,
-    merge_output,
     merge_steps,
     read_merged_file,
     register_merge,
@@ -90,8 +89,8 @@ def register_merges(
     final one does not override it).
     """
     new = []
-    for task in unregistered_merge_tasks(session, merge_steps(session, revisions)):
-        merge, merged = register_merge(session, task, merge_output(session, task))
+    for task, output in unregistered_merge_tasks(session, merge_steps(session, revisions), now):
+        merge, merged = register_merge(session, task, output, now)
         new.append(merge.id)
         log.info("run id %d: merge %d registered from task %d", task.run_id, merge.id, task.id)
         latest = latest_merge(session, task.run_id)

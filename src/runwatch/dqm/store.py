@@ -14,6 +14,7 @@ else.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,18 +22,21 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from runwatch.catalogue.models import File
+from runwatch.catalogue.models import File, Run
 from runwatch.dqm.histogram import Hist, HistFile, HistogramFileError, read_file
 from runwatch.dqm.merge import META_FORMAT
 from runwatch.dqm.models import DqmHistogram, DqmMerge
 from runwatch.storage.urls import URLError, url_to_path
-from runwatch.workflow.models import Attempt, PipelineRevision, Task, TaskOutput
+from runwatch.workflow.models import PipelineRevision, Task, TaskOutput
+from runwatch.workflow.planner import ACTIVE_RUN
 from runwatch.workflow.revisions import RevisionCache
 from runwatch.workflow.states import TaskState
 
 MERGE_STEP = "merge"
 """A step's ``dqm`` value that makes its tasks DQM merges."""
 MERGED_FILE = "(merged file)"
+LOOKBACK = dt.timedelta(days=1)
+"""How long after a run last changed its merge tasks are still looked for."""
 """The ``key`` of a merge's error about its own merged file."""
 
 
@@ -62,18 +66,44 @@ def merge_steps(session: Session, revisions: RevisionCache) -> list[tuple[int, s
     return found
 
 
-def unregistered_merge_tasks(session: Session, steps: Collection[tuple[int, str]]) -> list[Task]:
-    """DONE merge tasks without a ``DqmMerge``, oldest first."""
-    if not steps:
+def unregistered_merge_tasks(
+    session: Session, steps: Collection[tuple[int, str]], now: dt.datetime
+) -> list[tuple[Task, TaskOutput]]:
+    """DONE merge tasks whose output is not registered (a re-run task's new output
+    included), with the output, oldest first.
+
+    Only tasks of runs in play are looked at (``recent_tasks_floor``), so the query costs
+    the same whatever the size of the tasks table.
+    """
+    floor = recent_tasks_floor(session, now) if steps else None
+    if floor is None:
         return []
-    registered = sa.select(DqmMerge.id).where(DqmMerge.task_id == Task.id).exists()
+    registered = (
+        sa.select(DqmMerge.id)
+        .where(DqmMerge.task_id == Task.id, DqmMerge.attempt_id == TaskOutput.attempt_id)
+        .exists()
+    )
     query = (
-        sa.select(Task)
-        .where(Task.state == TaskState.DONE, ~registered)
+        sa.select(Task, TaskOutput)
+        .join(TaskOutput, TaskOutput.task_id == Task.id)
+        .where(Task.id >= floor, Task.state == TaskState.DONE, ~registered)
         .where(sa.tuple_(Task.revision_id, Task.step).in_(list(steps)))
         .order_by(Task.id)
     )
-    return list(session.scalars(query))
+    return [(task, output) for task, output in session.execute(query)]
+
+
+def recent_tasks_floor(session: Session, now: dt.datetime) -> int | None:
+    """The first task id of the runs in play: active runs, and runs changed within
+    ``LOOKBACK`` of now or of the last registration (so a scheduler that was down for a
+    while still finds what finished meanwhile). None when there are none."""
+    since = now - LOOKBACK
+    last = session.scalar(sa.select(sa.func.max(DqmMerge.registered_at)))
+    if last is not None:
+        since = min(since, last - LOOKBACK)
+    runs = sa.select(Run.id).where(sa.or_(Run.status.in_(ACTIVE_RUN), Run.updated_at >= since))
+    floor: int | None = session.scalar(sa.select(sa.func.min(Task.id)).where(Task.run_id.in_(runs)))
+    return floor
 
 
 def read_merged_file(url: str) -> MergedFile:
@@ -89,42 +119,33 @@ def read_merged_file(url: str) -> MergedFile:
 
 
 def register_merge(
-    session: Session, task: Task, output: TaskOutput | None
+    session: Session, task: Task, output: TaskOutput, now: dt.datetime
 ) -> tuple[DqmMerge, MergedFile]:
-    """Register one merge task's merged file and the histograms it and its inputs hold."""
-    if output is None:
-        reason = {"key": MERGED_FILE, "path": "", "reason": "the merge task has no output"}
-        merged = MergedFile({}, [], [reason], readable=False)
-    else:
-        merged = read_merged_file(output.url)
+    """Register one merge task's merged file and the histograms it and its inputs hold.
+
+    A task re-run by an operator keeps its ``DqmMerge`` row (results point at it), which
+    is rewritten from the new output.
+    """
+    merged = read_merged_file(output.url)
     files_total, events_total = run_totals(session, task.run_id)
-    merge = DqmMerge(
-        run_id=task.run_id,
-        task_id=task.id,
-        attempt_id=_last_attempt(session, task) if output is None else output.attempt_id,
-        url="" if output is None else output.url,
-        final=task.final,
-        files_included=len(merged.contributions),
-        files_total=files_total,
-        events_included=sum(int(c.get("events", 0)) for c in merged.contributions),
-        events_total=events_total,
-        contributions=merged.contributions,
-        errors=merged.errors,
-        merged_at=task.finished_at or task.updated_at,
-    )
-    session.add(merge)
+    merge = session.scalar(sa.select(DqmMerge).where(DqmMerge.task_id == task.id))
+    if merge is None:
+        merge = DqmMerge(run_id=task.run_id, task_id=task.id)
+        session.add(merge)
+    else:
+        session.execute(sa.delete(DqmHistogram).where(DqmHistogram.merge_id == merge.id))
+    merge.attempt_id, merge.url, merge.final = output.attempt_id, output.url, task.final
+    merge.files_included, merge.files_total = len(merged.contributions), files_total
+    merge.events_included = sum(int(c.get("events", 0)) for c in merged.contributions)
+    merge.events_total = events_total
+    merge.contributions, merge.errors = merged.contributions, merged.errors
+    merge.merged_at, merge.registered_at = task.finished_at or task.updated_at, now
     session.flush()
-    if output is not None and merged.readable:
+    if merged.readable:
         objects = [(path, h.classname, h.entries) for path, h in merged.hists.items()]
         _add_histograms(session, task.run_id, output, objects, merge.id)
         _register_contributions(session, task.run_id, merged.contributions)
     return merge, merged
-
-
-def _last_attempt(session: Session, task: Task) -> int:
-    query = sa.select(sa.func.max(Attempt.id)).where(Attempt.task_id == task.id)
-    attempt_id: int = session.execute(query).scalar_one()
-    return attempt_id
 
 
 def run_totals(session: Session, run_id: int) -> tuple[int, int | None]:
@@ -161,22 +182,32 @@ def _add_histograms(
 def _register_contributions(
     session: Session, run_id: int, contributions: Sequence[Mapping[str, Any]]
 ) -> None:
-    """Histogram rows of each contribution's task output, once per output."""
+    """Histogram rows of each contribution's task output, once per output and attempt (a
+    re-run task's rows are replaced)."""
     outputs = {_path_of(o.url): o for o in _run_outputs(session, run_id)}
     registered = (
-        sa.select(DqmHistogram.task_id, DqmHistogram.output)
+        sa.select(DqmHistogram.task_id, DqmHistogram.output, DqmHistogram.attempt_id)
         .where(DqmHistogram.run_id == run_id, DqmHistogram.merge_id.is_(None))
         .distinct()
     )
-    done = {(task_id, name) for task_id, name in session.execute(registered)}
+    done = {(task_id, name): attempt for task_id, name, attempt in session.execute(registered)}
     for contribution in contributions:
         output = outputs.get(str(contribution.get("path", contribution.get("key"))))
-        if output is None or (output.task_id, output.name) in done:
+        if output is None or done.get((output.task_id, output.name)) == output.attempt_id:
             continue
         objects = _objects_of(contribution)
-        if objects is not None:
-            _add_histograms(session, run_id, output, objects, None)
-            done.add((output.task_id, output.name))
+        if objects is None:
+            continue
+        if (output.task_id, output.name) in done:
+            session.execute(
+                sa.delete(DqmHistogram).where(
+                    DqmHistogram.task_id == output.task_id,
+                    DqmHistogram.output == output.name,
+                    DqmHistogram.merge_id.is_(None),
+                )
+            )
+        _add_histograms(session, run_id, output, objects, None)
+        done[(output.task_id, output.name)] = output.attempt_id
 
 
 def _run_outputs(session: Session, run_id: int) -> Sequence[TaskOutput]:
@@ -202,13 +233,6 @@ def _objects_of(contribution: Mapping[str, Any]) -> list[tuple[str, str, float]]
     except (HistogramFileError, OSError, KeyError):
         return None
     return [(path, h.classname, h.entries) for path, h in found.hists.items()]
-
-
-def merge_output(session: Session, task: Task) -> TaskOutput | None:
-    """The merge task's output (it declares one: the merged file)."""
-    return session.scalars(
-        sa.select(TaskOutput).where(TaskOutput.task_id == task.id).order_by(TaskOutput.id)
-    ).first()
 
 
 def latest_merge(session: Session, run_id: int) -> DqmMerge | None:
