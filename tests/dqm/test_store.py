@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 import sqlalchemy as sa
 
 from runwatch.catalogue.models import Run, RunStatus
 from runwatch.config import Settings
 from runwatch.db import Database
+from runwatch.dqm import service
 from runwatch.dqm.merge import Contribution, merge_into
 from runwatch.dqm.models import DqmHistogram, DqmMerge, DqmRunQuality
 from runwatch.dqm.service import register_merges
@@ -209,3 +212,28 @@ def test_only_runs_in_play_are_searched_for_merges(
 
 def made_first_task(session: sa.orm.Session, run: Run) -> int:
     return session.scalars(sa.select(sa.func.min(Task.id)).where(Task.run_id == run.id)).one()
+
+
+def test_a_fault_judging_one_run_leaves_the_others_registered_and_judged(
+    db: Database, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(7)
+    real = service.evaluate_run
+
+    def faulty(session: sa.orm.Session, settings: Settings, run: Run, *a: Any, **k: Any) -> Any:
+        if run.number == 15:
+            raise RuntimeError("a bug")
+        return real(session, settings, run, *a, **k)
+
+    monkeypatch.setattr(service, "evaluate_run", faulty)
+    with db.session() as session:
+        for number in (15, 16):
+            run = make_run(session, number, files=1)
+            made = hist_tasks(session, run, tmp_path, [detector_file(rng, 500)])
+            merge_task(session, made, tmp_path)
+        assert len(register_merges(session, settings, RevisionCache(), T0)) == 2
+    with db.session() as session:
+        judged = session.scalars(sa.select(DqmRunQuality.run_id)).all()
+        assert judged == [session.scalars(sa.select(Run.id).where(Run.number == 16)).one()]
+        assert len(session.scalars(sa.select(DqmMerge)).all()) == 2
+        assert register_merges(session, settings, RevisionCache(), T0) == []

@@ -95,9 +95,26 @@ def register_merges(
         log.info("run id %d: merge %d registered from task %d", task.run_id, merge.id, task.id)
         latest = latest_merge(session, task.run_id)
         if merged.readable and latest is not None and latest.id == merge.id:
-            run = session.get_one(Run, task.run_id)
-            evaluate_run(session, settings, run, merge, hists=merged.hists, now=now)
+            _judge(session, settings, session.get_one(Run, task.run_id), merge, merged.hists, now)
     return new
+
+
+def _judge(
+    session: Session,
+    settings: Settings,
+    run: Run,
+    merge: DqmMerge,
+    hists: Mapping[str, Hist],
+    now: dt.datetime,
+) -> None:
+    """``evaluate_run`` in a savepoint: a fault judging one run (a bug, a check the library
+    cannot handle) is logged and leaves the merges registered and the other runs judged,
+    rather than failing every pass on the same merge for ever."""
+    try:
+        with session.begin_nested():
+            evaluate_run(session, settings, run, merge, hists=hists, now=now)
+    except Exception:
+        log.exception("run %d: merge %d registered, but judging it failed", run.number, merge.id)
 
 
 # -- cuts -------------------------------------------------------------------------------
