@@ -69,6 +69,10 @@ def test_merges_registered_once_with_completeness_and_histograms(
             3,
             3000,
         )
+        # The live merge's list is superseded (not stored again every minute); its counts stay.
+        superseded = session.scalars(sa.select(DqmMerge).where(DqmMerge.task_id == live.id)).one()
+        assert (superseded.contributions, superseded.files_included) == ([], 2)
+        assert set(merge.contributions[0]) == {"key", "checksum", "events", "path"}
         # The third file's histograms join the store; the first two are not registered again.
         assert len(_histograms(session, None)) == 9
         quality = session.get_one(DqmRunQuality, run.id)

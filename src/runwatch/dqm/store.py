@@ -35,6 +35,8 @@ from runwatch.workflow.states import TaskState
 MERGE_STEP = "merge"
 """A step's ``dqm`` value that makes its tasks DQM merges."""
 MERGED_FILE = "(merged file)"
+CONTRIBUTION_KEYS = ("key", "checksum", "events", "path")
+"""What a ``DqmMerge`` keeps of each contribution (not the inventory: the store has it)."""
 LOOKBACK = dt.timedelta(days=1)
 """How long after a run last changed its merge tasks are still looked for."""
 """The ``key`` of a merge's error about its own merged file."""
@@ -138,14 +140,31 @@ def register_merge(
     merge.files_included, merge.files_total = len(merged.contributions), files_total
     merge.events_included = sum(int(c.get("events", 0)) for c in merged.contributions)
     merge.events_total = events_total
-    merge.contributions, merge.errors = merged.contributions, merged.errors
+    merge.contributions = [{k: c.get(k) for k in CONTRIBUTION_KEYS} for c in merged.contributions]
+    merge.errors = merged.errors
     merge.merged_at, merge.registered_at = task.finished_at or task.updated_at, now
     session.flush()
+    _trim_superseded(session, merge)
     if merged.readable:
         objects = [(path, h.classname, h.entries) for path, h in merged.hists.items()]
         _add_histograms(session, task.run_id, output, objects, merge.id)
         _register_contributions(session, task.run_id, merged.contributions)
     return merge, merged
+
+
+def _trim_superseded(session: Session, merge: DqmMerge) -> None:
+    """Empty the contribution lists of the run's earlier live merges.
+
+    A live merge every minute of a long run would otherwise store the run's whole list
+    again every minute (hundreds of MB a day); the counts stay, and each merged file
+    still lists its own contributions.
+    """
+    session.execute(
+        sa.update(DqmMerge)
+        .where(DqmMerge.run_id == merge.run_id, DqmMerge.id < merge.id)
+        .where(DqmMerge.final.is_(False), DqmMerge.merged_at <= merge.merged_at)
+        .values(contributions=[])
+    )
 
 
 def run_totals(session: Session, run_id: int) -> tuple[int, int | None]:
