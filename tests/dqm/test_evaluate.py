@@ -245,3 +245,20 @@ def test_trend_points_of_judged_runs(db: Database, settings: Settings, tmp_path:
         assert energy == pytest.approx(5.0, abs=0.1)
         assert trend(session, "checks_bad") == [(1, 0.0), (2, 0.0)]
         assert trend(session, "no_such_quantity") == []
+
+
+def test_a_broken_check_file_or_cuts_make_the_run_warning_with_the_reason(
+    db: Database, settings: Settings, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(27)
+    (tmp_path / "checks.yaml").write_text("histograms:\n  energy:\n    mean: {kind: mean}\n")
+    broken = dqm_settings(settings, checks=str(tmp_path / "checks.yaml"), cuts={"dead": 0.5})
+    with db.session() as session:
+        run = _judge(session, broken, tmp_path, 1, _good(rng))
+        quality = session.get_one(DqmRunQuality, run.id)
+        assert quality.verdict is W
+        problems = quality.reason.split("; ")
+        assert problems[0].startswith("PMT cuts: dead (0.5) must be < normal_low")
+        assert problems[0].endswith("(the default cuts are used)")
+        assert problems[1].startswith("check file: ") and "checks.yaml:3" in problems[1]
+        assert session.get_one(DqmPmtStatus, run.id).cuts["dead"] == 0.01

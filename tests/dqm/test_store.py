@@ -15,7 +15,13 @@ from runwatch.config import Settings
 from runwatch.db import Database
 from runwatch.dqm import service
 from runwatch.dqm.merge import Contribution, merge_into
-from runwatch.dqm.models import DqmHistogram, DqmMerge, DqmRunQuality
+from runwatch.dqm.models import (
+    DqmCheckResult,
+    DqmHistogram,
+    DqmMerge,
+    DqmPmtStatus,
+    DqmRunQuality,
+)
 from runwatch.dqm.service import register_merges
 from runwatch.dqm.store import LOOKBACK, MERGED_FILE, recent_tasks_floor
 from runwatch.dqm.verdict import Verdict
@@ -40,6 +46,11 @@ def test_merges_registered_once_with_completeness_and_histograms(
 ) -> None:
     rng = np.random.default_rng(1)
     revisions = RevisionCache()
+    (tmp_path / "checks.yaml").write_text(
+        "histograms:\n  energy:\n    events: {kind: entries, bad: {min: 1}}\n"
+        "    shape: {kind: ks, reference: {window: 3}, bad: {min: 0.01}}\n"
+    )
+    settings = dqm_settings(settings, checks=str(tmp_path / "checks.yaml"))
     with any_db.session() as session:
         run = make_run(session, 7, files=3)
         made = hist_tasks(session, run, tmp_path, [detector_file(rng, 1000) for _ in range(3)])
@@ -76,7 +87,14 @@ def test_merges_registered_once_with_completeness_and_histograms(
         # The third file's histograms join the store; the first two are not registered again.
         assert len(_histograms(session, None)) == 9
         quality = session.get_one(DqmRunQuality, run.id)
-        assert (quality.final, quality.merge_id, quality.verdict) == (True, new, Verdict.GOOD)
+        assert (quality.final, quality.merge_id, quality.verdict) == (True, new, Verdict.WARNING)
+        assert quality.reason.startswith("energy/shape: no reference: no final GOOD Physics")
+        results = session.scalars(sa.select(DqmCheckResult).order_by(DqmCheckResult.key)).all()
+        assert [(r.check, r.verdict, r.values) for r in results] == [
+            ("events", Verdict.GOOD, {"entries": 3000.0}),
+            ("shape", Verdict.WARNING, {}),
+        ]
+        assert session.get_one(DqmPmtStatus, run.id).counts["normal"] == 50
 
 
 def test_events_total_unknown_unless_every_file_says(

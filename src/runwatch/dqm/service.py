@@ -242,7 +242,7 @@ def evaluate_run(
     try:
         cuts = run_cuts(session, settings, run)
     except CutsError as exc:
-        problems.append(f"PMT cuts: {exc}; the default cuts are used")
+        problems.append(f"PMT cuts: {exc} (the default cuts are used)")
         cuts = DEFAULT_CUTS
     status = store_pmt_status(session, settings, run, merge, hists, cuts, now)
     specs: list[CheckSpec] = []
