@@ -134,14 +134,18 @@ def test_example_pipelines_parse() -> None:
 def test_a_live_dqm_merge_step_parses() -> None:
     live = "    needs: [calib]\n    every: 1m30s\n    dqm: merge\n"
     steps = parse_pipeline(BASE.replace("    needs: [calib]\n", live), "p.yaml").steps
-    assert (steps["merge"].every_s, steps["merge"].dqm, steps["merge"].batch) == (
-        90.0,
-        "merge",
-        None,
-    )
-    assert (steps["calib"].every_s, steps["calib"].dqm) == (None, None)
+    merge, calib = steps["merge"], steps["calib"]
+    assert (merge.every_s, merge.dqm, merge.batch) == (90.0, "merge", None)
+    assert (calib.every_s, calib.dqm) == (None, None)
     seconds = BASE.replace("    needs: [calib]\n", "    needs: [calib]\n    every: 5\n")
     assert parse_pipeline(seconds, "p.yaml").steps["merge"].every_s == 5.0
+
+
+def test_the_juno_pipeline_merges_each_run_live() -> None:
+    path = Path(__file__).parents[2] / "src/runwatch/experiments/juno/pipelines/juno.yaml"
+    merge = load_pipeline(path).pipeline.steps["merge"]
+    assert (merge.scope, merge.needs, merge.every_s, merge.dqm) == ("run", ("hist",), 60.0, "merge")
+    assert list(merge.outputs) == ["merged"]
 
 
 BASE = """\
