@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from runwatch.dqm.models import (
 from runwatch.dqm.service import register_merges
 from runwatch.dqm.store import LOOKBACK, MERGED_FILE, recent_tasks_floor
 from runwatch.dqm.verdict import Verdict
+from runwatch.storage.checksum import adler32_file
 from runwatch.workflow.models import Attempt, Task, TaskOutput
 from runwatch.workflow.revisions import RevisionCache
 from runwatch.workflow.states import AttemptState
@@ -120,12 +122,17 @@ def test_an_unreadable_merged_file_is_recorded_and_spoils_nothing_else(
         good = hist_tasks(session, good_run, tmp_path, [detector_file(rng, 500)])
         broken = merge_task(session, bad, tmp_path)
         merge_task(session, good, tmp_path)
-        (tmp_path / "run9-merged-0.root").write_bytes(b"root\0 but not really" * 10)
+        # The merge task wrote (and checksummed) a file that is not ROOT.
+        corrupt = tmp_path / "run9-merged-0.root"
+        corrupt.write_bytes(b"root\0 but not really" * 10)
+        output = session.scalars(sa.select(TaskOutput).where(TaskOutput.task_id == broken.id))
+        output.one().adler32 = adler32_file(corrupt)
         ids = register_merges(session, settings, RevisionCache(), T0)
         assert len(ids) == 2
         merges = {m.task_id: m for m in session.scalars(sa.select(DqmMerge))}
         (error,) = merges[broken.id].errors
-        assert error["key"] == MERGED_FILE and "run9-merged-0.root" in error["reason"]
+        assert error["key"] == MERGED_FILE and error["path"].endswith("run9-merged-0.root")
+        assert error["reason"].startswith("not a readable ROOT file")
         assert merges[broken.id].files_included == 0
         assert session.get(DqmRunQuality, bad_run.id) is None
         assert session.get_one(DqmRunQuality, good_run.id).verdict is Verdict.GOOD
@@ -201,6 +208,7 @@ def test_a_rerun_merge_task_is_registered_again_in_place(
         session.flush()
         output = session.scalars(sa.select(TaskOutput).where(TaskOutput.task_id == task.id)).one()
         output.attempt_id, output.url = attempt.id, (tmp_path / "again.root").as_uri()
+        output.adler32 = adler32_file(tmp_path / "again.root")
         assert register_merges(session, settings, revisions, T0) == [first]
         merge = session.get_one(DqmMerge, first)
         assert (merge.attempt_id, merge.files_included, merge.events_included) == (
@@ -259,3 +267,26 @@ def test_a_fault_judging_one_run_leaves_the_others_registered_and_judged(
         assert judged == [session.scalars(sa.select(Run.id).where(Run.number == 16)).one()]
         assert len(session.scalars(sa.select(DqmMerge)).all()) == 2
         assert register_merges(session, settings, RevisionCache(), T0) == []
+
+
+def test_a_merge_whose_file_a_later_merge_replaced_is_recorded_as_such(
+    db: Database, settings: Settings, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(8)
+    with db.session() as session:
+        run = make_run(session, 17, files=2)
+        made = hist_tasks(session, run, tmp_path, [detector_file(rng, 500) for _ in range(2)])
+        first = merge_task(session, made, tmp_path, 1, final=False, paths=made.paths[:1])
+        merge_task(session, made, tmp_path, 2, after=dt.timedelta(minutes=3))
+        # One merged file per run: the final merge replaced the live one's.
+        shutil.copyfile(tmp_path / "run17-merged-2.root", tmp_path / "run17-merged-1.root")
+        assert len(register_merges(session, settings, RevisionCache(), T0)) == 2
+        replaced = session.scalars(sa.select(DqmMerge).where(DqmMerge.task_id == first.id)).one()
+        assert replaced.errors == [
+            {
+                "key": MERGED_FILE,
+                "path": (tmp_path / "run17-merged-1.root").as_uri(),
+                "reason": "replaced by a later merge since (another checksum)",
+            }
+        ]
+        assert session.get_one(DqmRunQuality, run.id).merge_id != replaced.id

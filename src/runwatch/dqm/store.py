@@ -26,6 +26,7 @@ from runwatch.catalogue.models import File, Run
 from runwatch.dqm.histogram import Hist, HistFile, HistogramFileError, read_file
 from runwatch.dqm.merge import META_FORMAT
 from runwatch.dqm.models import DqmHistogram, DqmMerge
+from runwatch.storage.checksum import adler32_file, normalise_adler32
 from runwatch.storage.urls import URLError, url_to_path
 from runwatch.workflow.models import PipelineRevision, Task, TaskOutput
 from runwatch.workflow.planner import ACTIVE_RUN
@@ -108,15 +109,24 @@ def recent_tasks_floor(session: Session, now: dt.datetime) -> int | None:
     return floor
 
 
-def read_merged_file(url: str) -> MergedFile:
-    """A merged file's histograms and contribution list; unreadable: ``readable`` False."""
+def read_merged_file(url: str, checksum: str | None = None) -> MergedFile:
+    """A merged file's histograms and contribution list; unreadable: ``readable`` False.
+
+    With ``checksum`` (the adler32 the merge task recorded), a file that no longer has it
+    is unreadable too: a later merge replaced it (a pipeline may keep one merged file per
+    run, every merge replacing the previous one), and it no longer holds this merge.
+    """
     try:
-        found = read_file(url_to_path(url))
+        path = url_to_path(url)
+        if checksum is not None and adler32_file(path) != normalise_adler32(checksum):
+            raise HistogramFileError(url, "replaced by a later merge since (another checksum)")
+        found = read_file(path)
         meta = found.meta or {}
         if meta.get("format") != META_FORMAT:
             raise HistogramFileError(url, "not a merged histogram file (no contribution list)")
     except (HistogramFileError, URLError, OSError) as exc:
-        return MergedFile({}, [], [{"key": MERGED_FILE, "path": url, "reason": str(exc)}], False)
+        reason = exc.reason if isinstance(exc, HistogramFileError) else str(exc)
+        return MergedFile({}, [], [{"key": MERGED_FILE, "path": url, "reason": reason}], False)
     return MergedFile(found.hists, list(meta["contributions"]), list(meta.get("excluded", [])))
 
 
@@ -128,7 +138,7 @@ def register_merge(
     A task re-run by an operator keeps its ``DqmMerge`` row (results point at it), which
     is rewritten from the new output.
     """
-    merged = read_merged_file(output.url)
+    merged = read_merged_file(output.url, output.adler32)
     files_total, events_total = run_totals(session, task.run_id)
     merge = session.scalar(sa.select(DqmMerge).where(DqmMerge.task_id == task.id))
     if merge is None:
