@@ -111,13 +111,12 @@ class DqmSettings(BaseModel):
     @field_validator("trends")
     @classmethod
     def _trend_sources(cls, trends: dict[str, str]) -> dict[str, str]:
-        statistics = TREND_STATISTICS
         for name, source in trends.items():
             histogram, _, statistic = source.rpartition(":")
-            if not histogram or statistic not in statistics:
+            if not histogram or statistic not in TREND_STATISTICS:
                 raise ValueError(
                     f"{name} = {source!r}: expected 'histogram:statistic' with statistic "
-                    f"one of {', '.join(statistics)}"
+                    f"one of {', '.join(TREND_STATISTICS)}"
                 )
         return trends
 

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from runwatch.catalogue.models import Run
-from runwatch.config import Settings
+from runwatch.config import DqmSettings, Settings
 from runwatch.db import Database
 from runwatch.dqm.models import DqmCheckResult, DqmPmtStatus, DqmRunCuts, DqmRunQuality
 from runwatch.dqm.pmtstatus import PmtClass
@@ -262,3 +263,9 @@ def test_a_broken_check_file_or_cuts_make_the_run_warning_with_the_reason(
         assert problems[0].endswith("(the default cuts are used)")
         assert problems[1].startswith("check file: ") and "checks.yaml:3" in problems[1]
         assert session.get_one(DqmPmtStatus, run.id).cuts["dead"] == 0.01
+
+
+@pytest.mark.parametrize("source", ["energy:median", "energy", ":mean"])
+def test_a_trend_from_an_unknown_statistic_is_refused_in_the_settings(source: str) -> None:
+    with pytest.raises(ValidationError, match="expected 'histogram:statistic'"):
+        DqmSettings(trends={"energy_median": source})
