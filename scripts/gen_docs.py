@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import enum
-import json
 import sys
 import types
 import typing
@@ -27,6 +26,8 @@ import typer
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
+
+from runwatch.setup_cli import toml_value
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI_DOC = ROOT / "docs" / "cli.md"
@@ -336,27 +337,6 @@ def missing_setting_descriptions(sections: list[SectionDoc]) -> list[str]:
     """Settings (and nested tables) that have no description."""
     missing = [f"[{s.table}]" for s in sections if s.table and not s.description]
     return missing + [item.key for s in sections for item in s.settings if not item.description]
-
-
-def toml_value(value: Any) -> str:
-    """``value`` written as TOML (literal strings where possible: regexes stay readable)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, enum.Enum):
-        return toml_value(value.value)
-    if isinstance(value, str):
-        if "'" not in value and "\n" not in value:
-            return f"'{value}'"
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, Path):
-        return toml_value(str(value))
-    if isinstance(value, dict):  # an inline table
-        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"no TOML form for the default {value!r}")
 
 
 def render_configuration(sections: list[SectionDoc], intro: str) -> str:

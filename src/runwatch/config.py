@@ -83,6 +83,12 @@ class DqmSettings(BaseModel):
     """How the DQM judges a run's merged histograms."""
 
     checks: str = Field("", description="Check file (YAML, see docs/dqm.md); empty: no checks.")
+    every_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How often the scheduler's DQM thread registers finished merges, judges "
+        "their runs and sweeps the alarms.",
+    )
     cuts_preset: str = Field(
         "default",
         pattern="^(default|juno-test)$",

@@ -6,6 +6,7 @@ so the file a newcomer edits always lists every setting with its meaning and def
 
 from __future__ import annotations
 
+import enum
 import json
 import secrets
 import textwrap
@@ -46,17 +47,24 @@ def register(app: typer.Typer) -> None:
 
 
 def toml_value(value: Any) -> str:
-    """A TOML literal for a setting's value (str, number, bool or list of those)."""
+    """A TOML literal for a setting's value: str, number, bool, enum, path, or a list or
+    table (inline) of those."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
+    if isinstance(value, enum.Enum):
+        return toml_value(value.value)
+    if isinstance(value, Path):
+        return toml_value(str(value))
     if isinstance(value, str):
         if "'" in value or any(ord(c) < 32 for c in value):
             return json.dumps(value)  # a JSON string is a valid TOML basic string
         return f"'{value}'"  # literal string: regexes keep their backslashes as written
     if isinstance(value, list | tuple):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"no TOML form for {value!r}")
 
 

@@ -42,6 +42,7 @@ def scheduler(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every decision."),
 ) -> None:
     """Run the scheduler daemon: ingest, plan, submit, supervise (one active at a time)."""
+    from runwatch.dqm.loop import DqmLoop
     from runwatch.executors.base import load_executor
     from runwatch.ingest.sources import load_sources
     from runwatch.workflow.scheduler import Scheduler
@@ -61,10 +62,12 @@ def scheduler(
         stop, wake = threading.Event(), threading.Event()
         _stop_on_signals(stop)
         sources = load_sources(ctx.settings, ctx.db)
+        dqm = DqmLoop(ctx.settings, ctx.db)
 
         def start_sources() -> None:
             for source in sources:
                 source.start(wake.set)
+            dqm.start(stop)
 
         try:
             daemon.serve(stop, wake, on_lead=start_sources)
@@ -78,6 +81,7 @@ def scheduler(
 
 
 def _tick_once(ctx: Context, daemon: object) -> None:
+    from runwatch.dqm.loop import DqmLoop
     from runwatch.workflow.scheduler import Scheduler
 
     assert isinstance(daemon, Scheduler)
@@ -89,12 +93,15 @@ def _tick_once(ctx: Context, daemon: object) -> None:
             raise typer.Exit(1)
     try:
         report = daemon.run_once()
+        dqm = DqmLoop(ctx.settings, ctx.db).run_once()
     finally:
         with ctx.db.session() as session:
             lease.release(session, holder)
     console.print(
         f"planned {report.planned}, submitted {report.submitted}, "
-        f"ended {report.ended}, runs changed {report.runs_changed}"
+        f"ended {report.ended}, runs changed {report.runs_changed}; "
+        f"dqm: merges registered {len(dqm.merges)}, alarms raised {len(dqm.raised)}, "
+        f"cleared {len(dqm.cleared)}"
     )
 
 
