@@ -72,6 +72,19 @@ def test_pmt_of_a_run_and_its_own_cuts(app: typer.Typer, judged: Path, db: Datab
     assert code == 1 and "no run 7" in out
 
 
+def test_pmt_history_up_to_a_run(app: typer.Typer, judged: Path) -> None:
+    code, out = invoke(app, "pmt", "2", "--history", "30")
+    assert code == 0, out
+    rows = [line.split("│")[1:4] for line in out.splitlines() if line.startswith("│ ")]
+    history = [(r.strip(), c.strip()) for r, f, c in rows if f.strip().endswith("%")]
+    assert history == [("1", "normal"), ("2", "dead")]
+    assert "0.0000%" in out
+    code, out = invoke(app, "pmt", "1", "--history", "30")
+    assert "│ 2 " not in out
+    code, out = invoke(app, "pmt", str(judged / "runwatch.toml"), "--history", "30")
+    assert code == 2 and "for a run, not a file" in out
+
+
 def test_checks_rerun_over_a_range_after_the_check_file_changed(
     app: typer.Typer, judged: Path
 ) -> None:

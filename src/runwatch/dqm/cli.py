@@ -209,27 +209,31 @@ def pmt(
     ),
     by: str | None = typer.Option(None, "--by", help="RUN only: who sets the cuts."),
     comment: str = typer.Option("", "--comment", help="RUN only: why the cuts are set."),
+    history: int | None = typer.Option(
+        None, "--history", help="RUN only: this PMT's fraction and class in the last 20 runs."
+    ),
 ) -> None:
     """PMT classes of a run, or of a (merged or per-file) histogram file: counts, changes.
 
     With a run number: its stored status from its latest merge, the cuts in force and the
     PMTs whose class changed since the previous good run; --set-cut stores the run's own
-    cuts (with --by) and re-evaluates the run. With a file: classified now with --cuts
+    cuts (with --by) and re-evaluates the run; --history PMT shows one PMT over the
+    runs up to RUN. With a file: classified now with --cuts
     and the options overriding them; --previous compares with another file. A PMT's
     fired fraction is pmt_hits / n_events; cuts are fractions, not percent (0.01 is 1 %).
     Exit code 1 for a file that cannot be read or lacks those histograms, or a run
     without a PMT status.
     """
     from runwatch.dqm.pmtstatus import changed_since
-    from runwatch.dqm.runs_cli import pmt_of_run
+    from runwatch.dqm.runs_cli import RunPmtRequest, pmt_of_run
 
     histfile = Path(target)
     if target.isdigit() and not histfile.exists():
         listed_names = [cls.value for cls in _classes(list_classes)]
-        pmt_of_run(int(target), set_cut, by, comment, listed_names)
+        pmt_of_run(int(target), RunPmtRequest(set_cut, by, comment, listed_names, history))
         return
-    if set_cut:
-        raise typer.BadParameter("cuts are stored for a run, not a file", param_hint="--set-cut")
+    if set_cut or history is not None:
+        raise typer.BadParameter("--set-cut and --history are for a run, not a file")
 
     overrides = {
         "dead": dead,

@@ -9,6 +9,7 @@ service are imported inside the commands so that ``runwatch --help`` stays fast.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from runwatch.dqm.models import DqmMerge, DqmPmtStatus
 
 console = Console()
+HISTORY_RUNS = 20
+"""Runs shown by ``dqm pmt RUN --history PMT``."""
 
 
 def add_run_commands(app: typer.Typer) -> None:
@@ -225,21 +228,41 @@ def trend(
 # -- pmt RUN ----------------------------------------------------------------------------
 
 
-def pmt_of_run(
-    number: int, set_cuts: Sequence[str], by: str | None, comment: str, listed: Sequence[str]
-) -> None:
-    """``runwatch dqm pmt RUN``: the stored PMT status; ``set_cuts`` stores overrides first."""
+@dataclass(frozen=True)
+class RunPmtRequest:
+    """What ``runwatch dqm pmt RUN`` was asked: cuts to store, classes to list, a history."""
+
+    set_cuts: Sequence[str] = ()
+    by: str | None = None
+    comment: str = ""
+    listed: Sequence[str] = ()
+    history: int | None = None
+
+
+def pmt_of_run(number: int, request: RunPmtRequest) -> None:
+    """``runwatch dqm pmt RUN``: the stored PMT status; cuts are stored first if asked."""
     from runwatch.dqm.models import DqmPmtStatus
 
     ctx = Context.load()
-    if set_cuts:
-        _set_cuts(ctx, number, set_cuts, by, comment)
+    if request.set_cuts:
+        _set_cuts(ctx, number, request.set_cuts, request.by, request.comment)
     with ctx.db.read_session() as session:
         run = _run(session, number)
         row = session.get(DqmPmtStatus, run.id)
         if row is None:
             raise _fail(f"run {number} has no PMT status (no merge with pmt_hits and n_events)")
-        _print_pmt(session, run, row, listed)
+        _print_pmt(session, run, row, request.listed)
+        if request.history is not None:
+            _print_history(session, run, request.history)
+
+
+def _print_history(session: Session, run: Run, pmt_id: int) -> None:
+    from runwatch.dqm.service import pmt_history
+
+    table = Table("run", "fired fraction", "class", title=f"PMT {pmt_id}, {run.stream} runs")
+    for point in pmt_history(session, pmt_id, HISTORY_RUNS, run.stream, until=run.number):
+        table.add_row(str(point.run), f"{point.fraction:.4%}", point.pmt_class)
+    console.print(table)
 
 
 def _set_cuts(

@@ -394,9 +394,14 @@ class PmtPoint:
 
 
 def pmt_history(
-    session: Session, pmt_id: int, last: int = 50, stream: str | None = None
+    session: Session,
+    pmt_id: int,
+    last: int = 50,
+    stream: str | None = None,
+    until: int | None = None,
 ) -> list[PmtPoint]:
-    """A PMT's fraction and class in the ``last`` runs with a PMT status, oldest first."""
+    """A PMT's fraction and class in the ``last`` runs with a PMT status (up to run
+    ``until``), oldest first."""
     query = (
         sa.select(Run.number, DqmPmtStatus)
         .join(DqmPmtStatus, DqmPmtStatus.run_id == Run.id)
@@ -405,6 +410,8 @@ def pmt_history(
     )
     if stream is not None:
         query = query.where(Run.stream == stream)
+    if until is not None:
+        query = query.where(Run.number <= until)
     points = []
     for number, row in session.execute(query):
         status = stored_status(row)
