@@ -6,9 +6,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 import uproot
 from rich.console import Console
 
+from runwatch.catalogue.models import Run
+from runwatch.db import Database
+from runwatch.dqm.models import Alarm, DqmPmtStatus, DqmRunQuality
+from runwatch.dqm.pmtstatus import PmtClass
+from runwatch.dqm.service import stored_status
+from runwatch.dqm.store import latest_merge
+from runwatch.dqm.verdict import Verdict
 from runwatch.experiments.juno import daqsim
 from runwatch.experiments.juno.demo import (
     SEED,
@@ -18,6 +26,7 @@ from runwatch.experiments.juno.demo import (
     prepare,
     run_demo,
 )
+from runwatch.experiments.juno.physics import PmtTruth
 
 pytestmark = pytest.mark.slow
 
@@ -57,6 +66,32 @@ def test_the_demo_takes_runs_from_data_taking_to_all_completed(tmp_path: Path) -
     assert np.all(hits[truth.hot] >= 0.99 * events)
     normal = ~(truth.dead | truth.hot)
     assert 0.05 < hits[normal].mean() / events < 0.15
+    _the_dqm_judged_the_runs(folder, truth)
+
+
+def _the_dqm_judged_the_runs(folder: Path, truth: PmtTruth) -> None:
+    """Every run judged on its final merge of all its files; run 12's dead and hot PMTs
+    are exactly the simulator's, its verdict BAD, and an alarm says so."""
+    db = Database(f"sqlite:///{folder / 'runwatch.db'}")
+    try:
+        with db.read_session() as session:
+            runs = {r.number: r for r in session.scalars(sa.select(Run))}
+            for number in (11, 12, 13):
+                merge = latest_merge(session, runs[number].id)
+                assert merge is not None and merge.final, number
+                assert (merge.files_included, merge.files_total) == (2, 2)
+                assert merge.events_included == merge.events_total == 300
+            quality = {q.run_id: q.verdict for q in session.scalars(sa.select(DqmRunQuality))}
+            assert quality[runs[11].id] is Verdict.GOOD
+            assert quality[runs[12].id] is Verdict.BAD
+            status = stored_status(session.get_one(DqmPmtStatus, runs[12].id))
+            assert set(status.ids(PmtClass.DEAD)) == set(np.flatnonzero(truth.dead))
+            assert set(status.ids(PmtClass.HOT)) == set(np.flatnonzero(truth.hot))
+            alarms = {a.key for a in session.scalars(sa.select(Alarm))}
+            assert f"verdict:run:{runs[12].id}" in alarms
+            assert f"verdict:run:{runs[11].id}" not in alarms
+    finally:
+        db.dispose()
 
 
 def test_the_demo_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:

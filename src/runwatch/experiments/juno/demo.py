@@ -36,6 +36,8 @@ from rich.table import Table
 from runwatch.catalogue.models import Run, RunStatus
 from runwatch.config import CONFIG_ENV, DEFAULT_CONFIG_NAME
 from runwatch.db import Database
+from runwatch.dqm.models import DqmPmtStatus, DqmRunQuality
+from runwatch.dqm.verdict import Verdict
 from runwatch.experiments.juno import daqsim
 from runwatch.experiments.juno.geometry import load_geometry
 from runwatch.setup_cli import DEPLOYMENT_FOLDERS, DEPLOYMENT_VALUES, config_text
@@ -47,6 +49,7 @@ MARK = ".runwatch-demo"
 SEED = 2025
 CONSTANTS_PLACEHOLDER = "/path/to/pmt-constants.csv"
 FINISHED = (RunStatus.ALL_COMPLETED, RunStatus.PARTLY_COMPLETED)
+CHECKS_FOLDER = "checks"
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,12 @@ def prepare(folder: Path) -> Path:
         "ingest.api_tokens": [secrets.token_urlsafe(32)],
         "ingest.dropbox_rescan_seconds": 5.0,
         "scheduler.backoff_seconds": 2.0,
+        # The DQM judges each run with the JUNO check file, as soon as a merge is done.
+        "dqm.checks": f"{CHECKS_FOLDER}/juno.yaml",
+        "dqm.every_seconds": 1.0,
+        # The demo's runs are small: classify PMTs from 100 events on (a normal PMT fires
+        # in ~10 % of the events; 100 events without one firing happen once in 10^4.6).
+        "dqm.cuts": {"min_events": 100},
     }
     (folder / DEFAULT_CONFIG_NAME).write_text(config_text(overrides), encoding="utf-8")
     for name in DEPLOYMENT_FOLDERS:
@@ -115,6 +124,9 @@ def prepare(folder: Path) -> Path:
         daqsim.DaqConfig(run=1, out_dir=folder, seed=SEED), load_geometry(None).n_pmt
     )
     truth.constants().write(constants)
+    (folder / CHECKS_FOLDER).mkdir()
+    checks = (files(__package__) / "checks" / "juno.yaml").read_text(encoding="utf-8")
+    (folder / CHECKS_FOLDER / "juno.yaml").write_text(checks, encoding="utf-8")
     pipeline = (files(__package__) / "pipelines" / "juno.yaml").read_text(encoding="utf-8")
     pipeline = pipeline.replace(CONSTANTS_PLACEHOLDER, str(constants))
     (folder / "pipelines" / "juno.yaml").write_text(pipeline, encoding="utf-8")
@@ -172,8 +184,24 @@ class Detector(threading.Thread):
             self.taking = None
 
 
-def run_states(db: Database, numbers: Sequence[int]) -> dict[int, tuple[Run, int, int]]:
-    """Each run seen so far, with its tasks done and in all."""
+@dataclass(frozen=True)
+class RunState:
+    """What the demo shows of a run: its status, its tasks, and the DQM's verdict."""
+
+    run: Run
+    done: int  # tasks done
+    tasks: int
+    quality: DqmRunQuality | None = None
+    pmt_counts: dict[str, int] | None = None
+
+    @property
+    def settled(self) -> bool:
+        """Finished, and judged on its final merge."""
+        return self.run.status in FINISHED and self.quality is not None and self.quality.final
+
+
+def run_states(db: Database, numbers: Sequence[int]) -> dict[int, RunState]:
+    """Each run seen so far, with its tasks done and in all, and its DQM verdict."""
     done = sa.func.sum(sa.case((Task.state == TaskState.DONE, 1), else_=0))
     with db.read_session() as session:
         runs = {r.id: r for r in session.scalars(sa.select(Run).where(Run.number.in_(numbers)))}
@@ -185,18 +213,35 @@ def run_states(db: Database, numbers: Sequence[int]) -> dict[int, tuple[Run, int
                 .group_by(Task.run_id)
             )
         }
-        for run in runs.values():
-            session.expunge(run)  # read-only snapshots, shown after the session ends
-    return {r.number: (r, *counts.get(r.id, (0, 0))) for r in runs.values()}
+        quality = {
+            q.run_id: q
+            for q in session.scalars(sa.select(DqmRunQuality).where(DqmRunQuality.run_id.in_(runs)))
+        }
+        pmts = dict(
+            session.execute(
+                sa.select(DqmPmtStatus.run_id, DqmPmtStatus.counts).where(
+                    DqmPmtStatus.run_id.in_(runs)
+                )
+            ).all()
+        )
+        session.expunge_all()  # read-only snapshots, shown after the session ends
+    return {
+        r.number: RunState(r, *counts.get(r.id, (0, 0)), quality.get(r.id), pmts.get(r.id))
+        for r in runs.values()
+    }
 
 
-def status_table(states: dict[int, tuple[Run, int, int]], runs: Sequence[DemoRun]) -> Table:
-    table = Table("run", "stream", "status", "files", "tasks done", "note", title="runs")
+VERDICT_COLOUR = {Verdict.GOOD: "green", Verdict.WARNING: "yellow", Verdict.BAD: "red"}
+
+
+def status_table(states: dict[int, RunState], runs: Sequence[DemoRun]) -> Table:
+    table = Table("run", "stream", "status", "files", "tasks done", "DQM", "note", title="runs")
     for demo_run in runs:
         if demo_run.number not in states:
-            table.add_row(str(demo_run.number), demo_run.stream, "(not started)", "", "", "")
+            table.add_row(str(demo_run.number), demo_run.stream, "(not started)", "", "", "", "")
             continue
-        run, done, total = states[demo_run.number]
+        state = states[demo_run.number]
+        run = state.run
         colour = {RunStatus.ALL_COMPLETED: "green", RunStatus.PARTLY_COMPLETED: "red"}.get(
             run.status, "yellow"
         )
@@ -205,10 +250,22 @@ def status_table(states: dict[int, tuple[Run, int, int]], runs: Sequence[DemoRun
             run.stream,
             f"[{colour}]{run.status.value}[/{colour}]",
             str(run.n_files),
-            f"{done}/{total}",
+            f"{state.done}/{state.tasks}",
+            _dqm_cell(state),
             demo_run.note,
         )
     return table
+
+
+def _dqm_cell(state: RunState) -> str:
+    """``bad (final), 40 dead, 12 hot``: the verdict, and the PMTs found wanting."""
+    if state.quality is None:
+        return ""
+    verdict = state.quality.verdict
+    colour = VERDICT_COLOUR[verdict]
+    cell = f"[{colour}]{verdict.value}[/{colour}] ({'final' if state.quality.final else 'live'})"
+    counts = state.pmt_counts or {}
+    return cell + "".join(f", {counts[c]} {c}" for c in ("dead", "hot") if counts.get(c))
 
 
 def watch(
@@ -218,12 +275,13 @@ def watch(
     scheduler: subprocess.Popen[bytes],
     timeout_s: float,
     console: Console,
-) -> dict[int, tuple[Run, int, int]]:
-    """Show the runs live until all are finished, the time is up, or something died."""
+) -> dict[int, RunState]:
+    """Show the runs live until all are finished and judged, the time is up, or something
+    died."""
     numbers = [r.number for r in runs]
     deadline = time.monotonic() + timeout_s
     started = time.monotonic()
-    states: dict[int, tuple[Run, int, int]] = {}
+    states: dict[int, RunState] = {}
 
     def view() -> Group:
         elapsed = time.monotonic() - started
@@ -236,7 +294,7 @@ def watch(
             live.update(view())
             if detector.error is not None or scheduler.poll() is not None:
                 break
-            if len(states) == len(runs) and all(s[0].status in FINISHED for s in states.values()):
+            if len(states) == len(runs) and all(s.settled for s in states.values()):
                 break
             time.sleep(0.5)
     return states
@@ -268,7 +326,7 @@ def run_demo(options: DemoOptions, console: Console, runs: Sequence[DemoRun] = R
         finally:
             db.dispose()
         completed = len(states) == len(runs) and all(
-            s[0].status is RunStatus.ALL_COMPLETED for s in states.values()
+            s.run.status is RunStatus.ALL_COMPLETED and s.settled for s in states.values()
         )
         if detector.error is not None:
             console.print(f"[red]the simulator failed: {detector.error}[/red]")
@@ -298,9 +356,14 @@ def _where_to_look(
         "  runwatch runs list        # the runs and their status",
         "  runwatch runs show 1003   # a run's files and tasks",
         "  runwatch tasks list       # every task (runwatch tasks show ID: one)",
+        "  runwatch dqm status       # each run's DQM verdict, merge completeness, PMTs",
+        "  runwatch dqm checks 1003  # a run's check results, with their reasons",
+        "  runwatch dqm pmt 1003     # its PMT classes, and what changed since a good run",
+        "  runwatch dqm alarms list  # what the shifter is asked to look at",
         "In that folder:",
         "  dropbox/        raw files (.rtraw) and their messages",
-        "  data/           step outputs: calib, rec and hist ROOT files",
+        "  data/           step outputs: calib, rec, hist and merged ROOT files",
+        "  checks/         the DQM's check file",
         "  work/logs/      job logs",
         "  truth/          what the simulator generated",
         "  scheduler.log   the scheduler's log",
