@@ -10,9 +10,9 @@ import sqlalchemy as sa
 import uproot
 from rich.console import Console
 
-from runwatch.catalogue.models import Run
+from runwatch.catalogue.models import File, Run
 from runwatch.db import Database
-from runwatch.dqm.models import Alarm, DqmPmtStatus, DqmRunQuality
+from runwatch.dqm.models import Alarm, DqmMerge, DqmPmtStatus, DqmRunQuality
 from runwatch.dqm.pmtstatus import PmtClass
 from runwatch.dqm.service import stored_status
 from runwatch.dqm.store import latest_merge
@@ -110,3 +110,40 @@ def test_a_rerun_wipes_the_earlier_demo(tmp_path: Path) -> None:
     assert (
         constants.is_file() and str(constants) in (folder / "pipelines" / "juno.yaml").read_text()
     )
+
+
+def test_live_merges_follow_a_run_while_the_simulator_still_writes_it(tmp_path: Path) -> None:
+    """The DAQ writes a run in real time (a file every ~2.5 s); the merge runs every
+    second meanwhile: the shifter sees merged histograms of the run before it ends, and
+    the final merge counts each file once."""
+    folder = tmp_path / "demo"
+    runs = (DemoRun(21, "Physics"),)
+    options = DemoOptions(
+        folder, files=4, events_per_file=150, rate_hz=60.0, merge_every="1s", timeout_s=240
+    )
+    assert run_demo(options, Console(record=True, width=100), runs)
+
+    db = Database(f"sqlite:///{folder / 'runwatch.db'}")
+    try:
+        with db.read_session() as session:
+            run = session.scalars(sa.select(Run)).one()
+            last_file_in = session.scalar(sa.select(sa.func.max(File.registered_at)))
+            merges = list(
+                session.scalars(
+                    sa.select(DqmMerge).where(DqmMerge.run_id == run.id).order_by(DqmMerge.id)
+                )
+            )
+            session.expunge_all()
+    finally:
+        db.dispose()
+    live = [m for m in merges if not m.final]
+    assert live, "no live merge"
+    early = [m for m in live if m.merged_at < last_file_in]
+    assert early, f"no merge before the last file came in at {last_file_in}: {merges}"
+    assert all(m.files_included < 4 for m in early)
+    (final,) = [m for m in merges if m.final]
+    assert (final.files_included, final.events_included) == (4, 600)
+    hists = sorted((folder / "data" / "Physics" / "21" / "hist").glob("*.root"))
+    merged = sorted((folder / "data" / "Physics" / "21" / "merge").glob("*.root"))
+    assert len(hists) == 4 and len(merged) == 1
+    assert _summed(merged, "pmt_hits").tolist() == _summed(hists, "pmt_hits").tolist()

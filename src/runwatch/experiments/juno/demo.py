@@ -50,6 +50,7 @@ SEED = 2025
 CONSTANTS_PLACEHOLDER = "/path/to/pmt-constants.csv"
 FINISHED = (RunStatus.ALL_COMPLETED, RunStatus.PARTLY_COMPLETED)
 CHECKS_FOLDER = "checks"
+LIVE_MERGE_EVERY = "60s"  # as in juno.yaml
 
 
 @dataclass(frozen=True)
@@ -85,9 +86,11 @@ class DemoOptions:
     events_per_file: int = 1_000
     timeout_s: float = 300.0
     keep_running: bool = False
+    rate_hz: float | None = None  # write the runs in real time at this trigger rate
+    merge_every: str = LIVE_MERGE_EVERY  # the pipeline's live merge interval
 
 
-def prepare(folder: Path) -> Path:
+def prepare(folder: Path, merge_every: str = LIVE_MERGE_EVERY) -> Path:
     """A fresh deployment in ``folder`` with the JUNO pipeline; the PMT constants' path.
 
     A folder left by an earlier demo is wiped; any other non-empty folder is refused.
@@ -129,6 +132,7 @@ def prepare(folder: Path) -> Path:
     (folder / CHECKS_FOLDER / "juno.yaml").write_text(checks, encoding="utf-8")
     pipeline = (files(__package__) / "pipelines" / "juno.yaml").read_text(encoding="utf-8")
     pipeline = pipeline.replace(CONSTANTS_PLACEHOLDER, str(constants))
+    pipeline = pipeline.replace(f"every: {LIVE_MERGE_EVERY}", f"every: {merge_every}")
     (folder / "pipelines" / "juno.yaml").write_text(pipeline, encoding="utf-8")
     return constants
 
@@ -172,6 +176,8 @@ class Detector(threading.Thread):
                         stream=demo_run.stream,
                         files=self.options.files,
                         events_per_file=self.options.events_per_file,
+                        rate_hz=self.options.rate_hz or daqsim.DaqConfig.rate_hz,
+                        real_time=self.options.rate_hz is not None,
                         seed=SEED,
                         dead=demo_run.dead,
                         hot=demo_run.hot,
@@ -313,7 +319,7 @@ def stop(scheduler: subprocess.Popen[bytes], wait_s: float = 30.0) -> None:
 def run_demo(options: DemoOptions, console: Console, runs: Sequence[DemoRun] = RUNS) -> bool:
     """Set up, run and watch the demo; True if every run ended All Completed."""
     folder = options.folder
-    prepare(folder)
+    prepare(folder, options.merge_every)
     console.print(f"deployment in {folder} (SQLite, local executor, dropbox)", highlight=False)
     scheduler = start_scheduler(folder)
     detector = Detector(options, runs)
