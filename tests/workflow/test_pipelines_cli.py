@@ -135,14 +135,20 @@ def test_list_without_a_database_says_how_to_make_one(app: typer.Typer, deployme
 
 
 def test_show_gives_the_steps_table(app: typer.Typer, deployment: Path) -> None:
-    result = CliRunner().invoke(app, ["pipelines", "show", "quick"])
-    assert result.exit_code == 0, result.output
-    rows = [line.split("│")[1:-1] for line in result.output.splitlines() if line.count("│") == 10]
-    cells = [[c.strip() for c in row] for row in rows]
-    assert cells == [
-        ["hist", "file", "-", "1", "2048 MB", "2", "1h30m", "h", "-"],
-        ["merge", "run", "hist", "1", "-", "2", "-", "m", "5"],
-    ]
+    live = GOOD.replace("batch: 5", "every: 90s\n    dqm: merge")
+    (deployment / "pipelines" / "live.yaml").write_text(live.replace("quick", "live"), "utf-8")
+    for name, merge_row in (
+        ("quick", ["merge", "run", "hist", "1", "-", "2", "-", "m", "every 5 files", "-"]),
+        ("live", ["merge", "run", "hist", "1", "-", "2", "-", "m", "every 1m30s", "merge"]),
+    ):
+        result = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["pipelines", "show", name])
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        cells = [[c.strip() for c in line.split("│")[1:-1]] for line in lines if "│" in line]
+        assert cells == [
+            ["hist", "file", "-", "1", "2048 MB", "2", "1h30m", "h", "-", "-"],
+            merge_row,
+        ], name
     assert "streams: Physics" in result.output
 
 

@@ -133,7 +133,16 @@ def show(name: str = typer.Argument(..., help="Pipeline name.")) -> None:
     params = ", ".join(f"{k}={v!r}" for k, v in p.params.items()) or "-"
     console.print(f"params: {params}", markup=False, highlight=False)
     table = Table(
-        "step", "scope", "needs", "threads", "memory", "retries", "timeout", "outputs", "batch"
+        "step",
+        "scope",
+        "needs",
+        "threads",
+        "memory",
+        "retries",
+        "timeout",
+        "outputs",
+        "runs also",
+        "dqm",
     )
     for step in p.steps.values():
         table.add_row(*_step_row(step))
@@ -150,8 +159,18 @@ def _step_row(step: Step) -> tuple[str, ...]:
         str(step.retries),
         format_duration(step.timeout_s) if step.timeout_s else "-",
         ", ".join(step.outputs) or "-",
-        "-" if step.batch is None else str(step.batch),
+        _runs_also(step),
+        step.dqm or "-",
     )
+
+
+def _runs_also(step: Step) -> str:
+    """When a run-scoped step also runs before its run ends: its batch or live rule."""
+    if step.batch is not None:
+        return f"every {step.batch} files"
+    if step.every_s is not None:
+        return f"every {format_duration(step.every_s)}"
+    return "-"
 
 
 def format_duration(seconds: float) -> str:
