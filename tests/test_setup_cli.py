@@ -19,13 +19,14 @@ from runwatch.config import (
     IngestSettings,
     SchedulerSettings,
     Settings,
+    WebSettings,
     load_settings,
 )
 from runwatch.db import alembic_config
 from runwatch.setup_cli import config_text, toml_value
 
 # The newest migration: these tests hold for whichever it is.
-SECTIONS = (SchedulerSettings, IngestSettings, DqmSettings, AlarmSettings)
+SECTIONS = (SchedulerSettings, IngestSettings, DqmSettings, AlarmSettings, WebSettings)
 NEWEST = ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 

@@ -155,6 +155,34 @@ class AlarmSettings(BaseModel):
     )
 
 
+class WebSettings(BaseModel):
+    """Who may see and do what on the web site."""
+
+    public_read: bool = Field(
+        True, description="Read-only pages and API open to anyone; false: log in to read."
+    )
+    session_secret: str = Field(
+        "",
+        description="Key signing the login cookies (runwatch init writes one); empty: a "
+        "random key per process, so logins end when the server restarts.",
+    )
+    session_hours: float = Field(12.0, gt=0, description="A login lasts this long.")
+    cookie_secure: bool = Field(
+        True, description="Send cookies over HTTPS only (browsers allow http://localhost)."
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or networks (CIDR) of the TLS reverse proxies whose "
+        "client-certificate header is believed; from anyone else it is ignored.",
+    )
+    dn_header: str = Field(
+        "X-SSL-Client-S-DN", description="Header carrying the verified client certificate's DN."
+    )
+    dn_roles: dict[str, str] = Field(
+        default_factory=dict, description="Certificate DN -> role (viewer, shifter, expert, admin)."
+    )
+
+
 class Settings(BaseSettings):
     """All of runwatch's settings."""
 
@@ -172,6 +200,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     dqm: DqmSettings = Field(default_factory=DqmSettings)
     alarms: AlarmSettings = Field(default_factory=AlarmSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -208,6 +237,7 @@ class Settings(BaseSettings):
                 "ingest": IngestSettings(**data["ingest"]),
                 "dqm": DqmSettings(**data["dqm"]),
                 "alarms": AlarmSettings(**data["alarms"]),
+                "web": WebSettings(**data["web"]),
             }
         )
 

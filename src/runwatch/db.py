@@ -334,4 +334,5 @@ def import_all_models() -> None:
     from runwatch.catalogue import models as _catalogue  # noqa: F401
     from runwatch.dqm import models as _dqm  # noqa: F401
     from runwatch.ingest import models as _ingest  # noqa: F401
+    from runwatch.web import models as _web  # noqa: F401
     from runwatch.workflow import models as _workflow  # noqa: F401

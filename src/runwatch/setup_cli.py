@@ -37,6 +37,14 @@ DEPLOYMENT_VALUES: dict[str, Any] = {
 DEPLOYMENT_FOLDERS = ("data", "work", "dropbox", "pipelines")
 
 
+def fresh_secrets() -> dict[str, Any]:
+    """A new deployment's own secrets: the message API token and the login cookies' key."""
+    return {
+        "ingest.api_tokens": [secrets.token_urlsafe(32)],
+        "web.session_secret": secrets.token_urlsafe(32),
+    }
+
+
 def register(app: typer.Typer) -> None:
     """Add ``init`` and the ``db`` group to ``app``."""
     app.command("init")(init)
@@ -133,10 +141,7 @@ def init(
         )
         raise typer.Exit(1)
     folder.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    config.write_text(
-        config_text({**DEPLOYMENT_VALUES, "ingest.api_tokens": [token]}), encoding="utf-8"
-    )
+    config.write_text(config_text({**DEPLOYMENT_VALUES, **fresh_secrets()}), encoding="utf-8")
     console.print(f"wrote {escape(str(config))}", highlight=False)
     for name in DEPLOYMENT_FOLDERS:
         (folder / name).mkdir(exist_ok=True)

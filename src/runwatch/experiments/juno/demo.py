@@ -16,7 +16,6 @@ calibration issue's business.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -40,7 +39,7 @@ from runwatch.dqm.models import DqmPmtStatus, DqmRunQuality
 from runwatch.dqm.verdict import Verdict
 from runwatch.experiments.juno import daqsim
 from runwatch.experiments.juno.geometry import load_geometry
-from runwatch.setup_cli import DEPLOYMENT_FOLDERS, DEPLOYMENT_VALUES, config_text
+from runwatch.setup_cli import DEPLOYMENT_FOLDERS, DEPLOYMENT_VALUES, config_text, fresh_secrets
 from runwatch.workflow.models import Task
 from runwatch.workflow.states import TaskState
 
@@ -103,7 +102,7 @@ def prepare(folder: Path, merge_every: str = LIVE_MERGE_EVERY) -> Path:
     (folder / MARK).write_text("made by runwatch demo; rerunning the demo wipes it\n")
     overrides = {
         **DEPLOYMENT_VALUES,
-        "ingest.api_tokens": [secrets.token_urlsafe(32)],
+        **fresh_secrets(),
         "ingest.dropbox_rescan_seconds": 5.0,
         "scheduler.backoff_seconds": 2.0,
         # The DQM judges each run with the JUNO check file, as soon as a merge is done.
