@@ -284,11 +284,20 @@ def _row(
 
 
 _INSERT_MESSAGES = sa.insert(MESSAGES).returning(MESSAGES.c.id, sort_by_parameter_order=True)
+_INSERT_MESSAGES_SQLITE = sa.insert(MESSAGES).returning(MESSAGES.c.id)
 
 
 def _store(session: Session, rows: list[dict[str, Any]]) -> list[Receipt]:
     """Insert the message rows in one statement; their receipts, in order."""
-    ids = session.connection().execute(_INSERT_MESSAGES, rows).scalars().all()
+    conn = session.connection()
+    if conn.dialect.name == "sqlite":
+        # SQLAlchemy cannot tell SQLite's RETURNING order, so sorting by parameter order
+        # would insert row by row. SQLite numbers the rows of one INSERT in their order
+        # (the largest id + 1 each), and this transaction holds the write lock: the ids in
+        # ascending order are the rows' in order.
+        ids = sorted(conn.execute(_INSERT_MESSAGES_SQLITE, rows).scalars())
+    else:
+        ids = list(conn.execute(_INSERT_MESSAGES, rows).scalars())
     return [
         Receipt(row["status"], row["reason"], id_, row["file_id"])
         for row, id_ in zip(rows, ids, strict=True)
