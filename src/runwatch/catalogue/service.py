@@ -269,31 +269,30 @@ def _insert_files(
 
     A name another session inserted since the probe is read back into ``known`` instead.
     """
+    conn = session.connection()
     created: set[str] = set()
     for _ in range(INSERT_ATTEMPTS):
-        inserted = _insert_new_files(session, new, runs, now) if new else {}
-        for msg in new:
-            if inserted is not None and msg.name in inserted:
-                run_id = runs[msg.run].id
-                known[msg.name] = CataloguedFile(
-                    inserted[msg.name], run_id, msg.name, msg.identity()
-                )
-                created.add(msg.name)
-        left = [m for m in new if m.name not in created]
-        if not left:
+        if not new:
             return created
-        raced = files_named(session.connection(), (m.name for m in left))
-        if not raced:  # not a race but another constraint failed: a real error
-            raise RuntimeError(f"files {[m.name for m in left]} neither inserted nor found")
-        known.update(raced)
-        new = [m for m in left if m.name not in raced]
+        inserted = _insert_new_files(session, new, runs, now)
+        for msg in new:
+            if msg.name in inserted:
+                run_id = runs[msg.run].id
+                file = CataloguedFile(inserted[msg.name], run_id, msg.name, msg.identity())
+                known[msg.name] = file
+                created.add(msg.name)
+        left = [m for m in new if m.name not in inserted]
+        if left:
+            known.update(files_named(conn, (m.name for m in left)))
+        new = [m for m in left if m.name not in known]
     raise RuntimeError(f"files {[m.name for m in new]} lost {INSERT_ATTEMPTS} races in a row")
 
 
 def _insert_new_files(
     session: Session, new: list[FileMessage], runs: dict[int, _LockedRun], now: dt.datetime
-) -> dict[str, int] | None:
-    """Insert files, by name the ids of those inserted; None if MariaDB refused them all."""
+) -> dict[str, int]:
+    """Insert files, skipping names another session has taken: by name, the ids of those
+    inserted (on MariaDB, none if one name was taken)."""
     rows = [
         {
             "run_id": runs[msg.run].id,
@@ -320,7 +319,9 @@ def _insert_new_files(
                 result = conn.execute(sa.insert(FILES).returning(FILES.c.id, FILES.c.name), rows)
                 return {name: id_ for id_, name in result}
         except IntegrityError:
-            return None
+            if not files_named(conn, (msg.name for msg in new)):
+                raise  # not a race but another constraint failed: a real error
+            return {}
     insert = postgresql.insert(FILES) if dialect == "postgresql" else sqlite.insert(FILES)
     skipping = insert.on_conflict_do_nothing(index_elements=["name"])
     result = conn.execute(skipping.returning(FILES.c.id, FILES.c.name), rows)
