@@ -203,9 +203,8 @@ def _lock_runs(
     update the row's counters would deadlock. Locking first makes them take turns; locking
     in run-number order keeps two batches of several runs from each waiting on the other.
     """
-    first: dict[
-        int, FileMessage
-    ] = {}  # the first new file of each run gives a new run its stream and start
+    # The first new file of each run gives a new run its stream and start.
+    first: dict[int, FileMessage] = {}
     for msg in new_files:
         first.setdefault(msg.run, msg)
     numbers = sorted(first.keys() | ending)
