@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from runwatch.catalogue.models import Run
 from runwatch.config import Settings
 from runwatch.db import Database
 from runwatch.ingest.models import ReceivedMessage
@@ -154,18 +155,23 @@ def test_a_part_that_fails_on_a_database_error_is_stored_again(
     and nothing is lost or stored twice."""
     from runwatch.ingest import service
 
-    real_receive = service.receive
+    real_store = service._store
     calls = {"n": 0}
 
-    def deadlocking_receive(*args: Any) -> service.Receipt:
+    def deadlocking_store(*args: Any) -> list[service.Receipt]:
         calls["n"] += 1
-        if calls["n"] == 13:  # in the second part, after some of its messages were stored
-            raise sa.exc.OperationalError("INSERT INTO files ...", {}, Exception("deadlock"))
-        return real_receive(*args)
+        if calls["n"] == 2:  # in the second part, after its files were inserted
+            raise sa.exc.OperationalError(
+                "INSERT INTO received_messages ...", {}, Exception("deadlock")
+            )
+        return real_store(*args)
 
-    monkeypatch.setattr(service, "receive", deadlocking_receive)
+    monkeypatch.setattr(service, "_store", deadlocking_store)
     body = [message(seq) for seq in range(1, 26)]
     response = client.post("/api/v1/messages", json=body, headers=AUTH)
     assert response.status_code == 200
     assert [r["status"] for r in response.json()["receipts"]] == ["accepted"] * 25
+    assert calls["n"] == 4  # three parts, the second twice
     assert count(db) == 25
+    with db.session() as session:
+        assert session.scalar(sa.select(Run.n_files)) == 25

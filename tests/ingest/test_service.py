@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import random
 import threading
+from collections.abc import Callable
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from runwatch.catalogue.models import File, Run, RunStatus
 from runwatch.db import Database, utcnow
 from runwatch.ingest.models import MessageStatus, ReceivedMessage
-from runwatch.ingest.service import Receipt, receive, receive_many
+from runwatch.ingest.service import Receipt, receive, receive_in_parts, receive_many
 
 NOW = dt.datetime(2025, 8, 26, 13, 0, tzinfo=dt.UTC)
 
@@ -219,8 +222,8 @@ def test_an_oversized_body_is_rejected_and_stored_cut_short(any_db: Database) ->
     assert len(stored(any_db, receipt.message_id).body) < 65_535
 
 
-def _race(db: Database, bodies: list[str]) -> list[Receipt]:
-    """Receive each body in its own thread and session, all starting together."""
+def _at_once(bodies: list[str], receive_body: Callable[[str], list[Receipt]]) -> list[Receipt]:
+    """Receive each body in its own thread, all starting together."""
     start = threading.Barrier(len(bodies))
     receipts: list[Receipt] = []
     errors: list[BaseException] = []
@@ -228,8 +231,7 @@ def _race(db: Database, bodies: list[str]) -> list[Receipt]:
     def one(body: str) -> None:
         try:
             start.wait()
-            with db.session() as session:
-                receipts.append(receive(session, body, "test", None, utcnow()))
+            receipts.extend(receive_body(body))
         except BaseException as exc:  # reported below, in the test's thread
             errors.append(exc)
 
@@ -237,9 +239,19 @@ def _race(db: Database, bodies: list[str]) -> list[Receipt]:
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=30)
+        thread.join(timeout=60)
     assert not errors, errors
     return receipts
+
+
+def _race(db: Database, bodies: list[str]) -> list[Receipt]:
+    """Receive each body in its own session, all starting together."""
+
+    def one(body: str) -> list[Receipt]:
+        with db.session() as session:
+            return [receive(session, body, "test", None, utcnow())]
+
+    return _at_once(bodies, one)
 
 
 def test_two_sessions_registering_the_same_file_at_once(any_db: Database) -> None:
@@ -258,3 +270,137 @@ def test_files_of_one_new_run_registered_at_once_are_all_counted(any_db: Databas
     assert (run.n_files, run.n_bytes) == (5, 1500)
     with any_db.session() as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(Run)) == 1
+
+
+def receive_list(db: Database, bodies: list[dict[str, Any]]) -> list[Receipt]:
+    with db.session() as session:
+        return receive_many(session, json.dumps(bodies), "test", None, NOW)
+
+
+def test_a_file_named_twice_in_one_list_is_registered_once(any_db: Database) -> None:
+    receipts = receive_list(any_db, [message(seq=1), message(seq=2), message(seq=1)])
+    assert [r.status for r in receipts] == [
+        MessageStatus.ACCEPTED,
+        MessageStatus.ACCEPTED,
+        MessageStatus.DUPLICATE,
+    ]
+    assert receipts[2].file_id == receipts[0].file_id
+    assert len({r.message_id for r in receipts}) == 3
+    run = the_run(any_db)
+    assert (run.n_files, run.n_bytes) == (2, 300)
+
+
+def test_a_conflicting_checksum_in_the_same_list_is_rejected_and_kept(any_db: Database) -> None:
+    bodies = [message(seq=1), message(seq=1, adler32="deadbeef"), message(seq=1, size=7)]
+    receipts = receive_list(any_db, bodies)
+    assert [r.status for r in receipts] == [
+        MessageStatus.ACCEPTED,
+        MessageStatus.REJECTED,
+        MessageStatus.REJECTED,
+    ]
+    assert receipts[1].reason == (
+        f"file {message()['name']} is already registered (file id {receipts[0].file_id}): "
+        "adler32 deadbeef differs from the registered 00000001"
+    )
+    assert "size 7 differs from the registered 100" in (receipts[2].reason or "")
+    assert [json.loads(stored(any_db, r.message_id).body) for r in receipts] == bodies
+    assert (stored(any_db, receipts[1].message_id).file_name, receipts[1].file_id) == (
+        message()["name"],
+        None,
+    )
+    with any_db.session() as session:
+        assert session.scalars(sa.select(File.adler32)).all() == ["00000001"]
+    assert the_run(any_db).n_files == 1
+
+
+def test_one_list_of_several_runs_creates_and_counts_each(any_db: Database) -> None:
+    bodies = [message(run=run, seq=seq) for seq in (2, 1, 3) for run in (30, 10, 20)]
+    bodies.append(message(run=40, seq=1, created=None))
+    receipts = receive_list(any_db, bodies)
+    assert {r.status for r in receipts} == {MessageStatus.ACCEPTED}
+    for number in (10, 20, 30):
+        run = the_run(any_db, number)
+        assert (run.n_files, run.n_bytes, run.stream) == (3, 600, "Physics")
+        assert run.started_at == dt.datetime(2025, 8, 26, 12, 0, 1, tzinfo=dt.UTC)
+        assert run.ended_at == dt.datetime(2025, 8, 26, 12, 0, 3, tzinfo=dt.UTC)
+    run = the_run(any_db, 40)
+    assert (run.n_files, run.n_bytes, run.started_at, run.ended_at) == (1, 100, None, None)
+    with any_db.session() as session:
+        files = session.execute(sa.select(File.name, File.run_id, File.id)).all()
+        runs = dict(session.execute(sa.select(Run.id, Run.number)).all())
+    by_name = {name: (runs[run_id], id_) for name, run_id, id_ in files}
+    assert [by_name[b["name"]] for b in bodies] == [
+        (b["run"], r.file_id) for b, r in zip(bodies, receipts, strict=True)
+    ]
+
+
+def test_end_of_run_in_the_list_that_registers_the_run(any_db: Database) -> None:
+    bodies = [
+        message(seq=1),
+        message(seq=2, end_of_run=True),
+        message(seq=2, end_of_run=True),
+        message(seq=1, end_of_run=True),  # a file known by now, that says it ends the run
+    ]
+    receipts = receive_list(any_db, bodies)
+    assert [(r.status, r.reason) for r in receipts] == [
+        (MessageStatus.ACCEPTED, None),
+        (MessageStatus.ACCEPTED, None),
+        (MessageStatus.DUPLICATE, None),
+        (MessageStatus.ACCEPTED, "file already registered; end of run recorded"),
+    ]
+    run = the_run(any_db)
+    assert (run.n_files, run.expected_files, run.end_of_run_at) == (2, 1, NOW)
+
+
+def test_a_file_registered_by_another_session_after_the_probe(
+    any_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe misses a file another session has just committed (as in a race, made
+    certain here): the insert skips or fails on it, and its row is read back."""
+    from runwatch.catalogue import service
+
+    first = send(any_db, message(seq=1))
+    real_files_named = service.files_named
+    probes: list[list[str]] = []
+
+    def late(conn: sa.Connection, names: Any) -> dict[str, service.CataloguedFile]:
+        probes.append(list(names))
+        return {} if len(probes) == 1 else real_files_named(conn, probes[-1])
+
+    monkeypatch.setattr(service, "files_named", late)
+    receipts = receive_list(
+        any_db, [message(seq=2), message(seq=1), message(seq=1, adler32="deadbeef")]
+    )
+    assert [r.status for r in receipts] == [
+        MessageStatus.ACCEPTED,
+        MessageStatus.DUPLICATE,
+        MessageStatus.REJECTED,
+    ]
+    assert receipts[1].file_id == first.file_id
+    assert len(probes) >= 2  # read back after the insert
+    run = the_run(any_db)
+    assert (run.n_files, run.n_bytes) == (2, 300)
+
+
+def test_two_intakes_of_overlapping_lists_at_once(any_db: Database) -> None:
+    """Four lists of the same files of three runs, each in its own order, received in
+    parts at the same moment: every file registered and counted once, every message kept."""
+    rng = random.Random(7)
+    files = [message(run=run, seq=seq) for run in (61, 62, 63) for seq in range(1, 9)]
+    files[-1]["end_of_run"] = True
+    lists = [json.dumps(rng.sample(files, k=len(files))) for _ in range(4)]
+    receipts = _at_once(
+        lists, lambda body: receive_in_parts(any_db, body, "test", None, utcnow(), 5, lambda: None)
+    )
+    assert len(receipts) == len(lists) * len(files)
+    accepted = [r.file_id for r in receipts if r.status is MessageStatus.ACCEPTED]
+    assert len(accepted) == len(set(accepted)) == len(files)
+    assert {r.status for r in receipts} <= {MessageStatus.ACCEPTED, MessageStatus.DUPLICATE}
+    with any_db.session() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(File)) == len(files)
+        assert session.scalar(sa.select(sa.func.count()).select_from(ReceivedMessage)) == len(
+            receipts
+        )
+    for number in (61, 62, 63):
+        assert (the_run(any_db, number).n_files, the_run(any_db, number).n_bytes) == (8, 3600)
+    assert the_run(any_db, 63).expected_files == 8

@@ -1,17 +1,19 @@
 """Receiving file-ready messages: validate, catalogue, and keep every message with its verdict.
 
-Every source (HTTP, dropbox, AMQP, the CLI) goes through ``receive``. It always stores a
-``ReceivedMessage`` row, whatever the message is, and never raises for bad input: a bad
-message is an answer (REJECTED, with a reason), not an exception. It does raise when the
-database itself fails, so that a source can leave the message where it was (unacked,
-semaphore in place) and try again later. Receiving is idempotent: the same message again
-is a DUPLICATE that changes nothing, so a crash between the commit and the source's
-acknowledgement costs nothing.
+Every source (HTTP, dropbox, AMQP, the CLI) goes through ``receive`` (a list of messages
+through ``receive_many`` or ``receive_in_parts``, which catalogue and store each part of it
+in a few statements, not a few per message). It always stores a ``ReceivedMessage`` row,
+whatever the message is, and never raises for bad input: a bad message is an answer
+(REJECTED, with a reason), not an exception. It does raise when the database itself fails,
+so that a source can leave the message where it was (unacked, semaphore in place) and try
+again later. Receiving is idempotent: the same message again is a DUPLICATE that changes
+nothing, so a crash between the commit and the source's acknowledgement costs nothing.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import time
@@ -22,10 +24,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from runwatch.catalogue.models import File
-from runwatch.catalogue.service import mark_end_of_run, register_file
+from runwatch.catalogue.service import Registration, register_files
 from runwatch.db import Database
-from runwatch.ingest.models import MessageStatus, ReceivedMessage
+from runwatch.ingest.models import MESSAGES, MessageStatus
 from runwatch.ingest.schema import (
     MAX_NAME,
     MAX_RUN,
@@ -67,19 +68,7 @@ def receive(
     session: Session, body: str | bytes, source: str, origin: str | None, now: dt.datetime
 ) -> Receipt:
     """Receive one message; the caller commits (and only then acknowledges the source)."""
-    text = body_text(body)
-    too_long = _too_long(text)
-    if too_long:
-        return store_rejected(session, _cut(text), source, origin, now, too_long)
-    try:
-        data = load_json(body)
-    except MessageError as exc:
-        return store_rejected(session, text, source, origin, now, exc.reason)
-    try:
-        msg = validate_message(data)
-    except MessageError as exc:
-        return store_rejected(session, text, source, origin, now, exc.reason, *_best_guess(data))
-    return _catalogue(session, msg, text, source, origin, now)
+    return _receive_examined(session, [_examine(body)], source, origin, now)[0]
 
 
 def receive_many(
@@ -98,11 +87,10 @@ def receive_many(
         data = load_json(body)
     except MessageError as exc:
         return [store_rejected(session, text, source, origin, now, exc.reason)]
-    if not isinstance(data, list):
-        return [receive(session, text, source, origin, now)]
-    if not data:
+    if isinstance(data, list) and not data:
         return [store_rejected(session, text, source, origin, now, "an empty list of messages")]
-    return [receive(session, part, source, origin, now) for part in split_list(text)]
+    examined = _elements(text, data) if isinstance(data, list) else [_examine(text, data)]
+    return _receive_examined(session, examined, source, origin, now)
 
 
 def receive_in_parts(
@@ -128,35 +116,28 @@ def receive_in_parts(
     except MessageError:
         data = None
     if not (isinstance(data, list) and data):  # one message, or one rejection
-        return _store_part(db, [text], source, origin, now, receive_many, committed)
-    texts = split_list(text)
+        return _store_part(db, lambda s: receive_many(s, body, source, origin, now), committed)
+    examined = _elements(text, data)
     receipts: list[Receipt] = []
-    for start in range(0, len(texts), every):
-        part = texts[start : start + every]
-        receipts += _store_part(db, part, source, origin, now, _receive_one, committed)
+    for start in range(0, len(examined), every):
+        part = examined[start : start + every]
+        receive_part = functools.partial(
+            _receive_examined, examined=part, source=source, origin=origin, now=now
+        )
+        receipts += _store_part(db, receive_part, committed)
     return receipts
-
-
-def _receive_one(
-    session: Session, text: str, source: str, origin: str | None, now: dt.datetime
-) -> list[Receipt]:
-    return [receive(session, text, source, origin, now)]
 
 
 def _store_part(
     db: Database,
-    texts: list[str],
-    source: str,
-    origin: str | None,
-    now: dt.datetime,
-    receive_text: Callable[[Session, str, str, str | None, dt.datetime], list[Receipt]],
+    receive_part: Callable[[Session], list[Receipt]],
     committed: Callable[[], None],
 ) -> list[Receipt]:
-    """Receive ``texts`` in one transaction, tried again on a database error."""
+    """``receive_part`` in one transaction, tried again on a database error."""
     for attempt in range(1, DB_ATTEMPTS + 1):
         try:
             with db.session() as session:
-                receipts = [r for t in texts for r in receive_text(session, t, source, origin, now)]
+                receipts = receive_part(session)
             committed()
             return receipts
         except sa.exc.OperationalError as exc:
@@ -165,6 +146,78 @@ def _store_part(
             log.warning("storing messages failed (%s); trying again", exc.orig)
             time.sleep(0.02 * attempt)  # let the other transaction of a deadlock finish
     raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class _Examined:
+    """A message's text to store and either its validated content or why it is rejected
+    (with the file name and run number it seems to be about, for an operator)."""
+
+    text: str
+    message: FileMessage | None = None
+    reason: str | None = None
+    file_name: str | None = None
+    run_number: int | None = None
+
+
+_UNDECODED = object()
+
+
+def _examine(body: str | bytes, data: Any = _UNDECODED) -> _Examined:
+    """Decode (unless ``data`` is the body decoded already) and validate one message."""
+    text = body_text(body)
+    if data is _UNDECODED:
+        too_long = _too_long(text)
+        if too_long:
+            return _Examined(_cut(text), reason=too_long)
+        try:
+            data = load_json(body)
+        except MessageError as exc:
+            return _Examined(text, reason=exc.reason)
+    try:
+        return _Examined(text, validate_message(data))
+    except MessageError as exc:
+        return _Examined(text, None, exc.reason, *_best_guess(data))
+
+
+def _elements(text: str, data: list[Any]) -> list[_Examined]:
+    """The elements of a JSON list, each with its exact text; ``data`` is ``text`` decoded
+    (decoding each element again would give the same values: the list decoded whole)."""
+    return [_examine(part, item) for part, item in zip(split_list(text), data, strict=True)]
+
+
+Verdict = tuple[MessageStatus, str | None, str | None, int | None, int | None]
+
+
+def _receive_examined(
+    session: Session, examined: list[_Examined], source: str, origin: str | None, now: dt.datetime
+) -> list[Receipt]:
+    """Catalogue the valid messages and store them all, in a few statements in all."""
+    valid = [e.message for e in examined if e.message is not None]
+    registrations = iter(register_files(session, valid, now) if valid else ())
+    rows = []
+    for item in examined:
+        msg = item.message
+        verdict: Verdict
+        if msg is None:
+            verdict = (MessageStatus.REJECTED, item.reason, item.file_name, item.run_number, None)
+        else:
+            verdict = _verdict(msg, next(registrations))
+        rows.append(_row(item.text, source, origin, now, *verdict))
+    return _store(session, rows)
+
+
+def _verdict(msg: FileMessage, registration: Registration) -> Verdict:
+    """Status, reason, file name, run number and file id of a valid message's row."""
+    if registration.conflict:
+        return MessageStatus.REJECTED, registration.conflict, msg.name, msg.run, None
+    status, reason = MessageStatus.ACCEPTED, None
+    if not registration.created:
+        if registration.end_of_run:  # the file was known, but not that it ends its run
+            reason = "file already registered; end of run recorded"
+        else:
+            status = MessageStatus.DUPLICATE
+    return status, reason, msg.name, msg.run, registration.file.id
 
 
 def split_list(text: str) -> list[str]:
@@ -200,68 +253,13 @@ def store_rejected(
     run_number: int | None = None,
 ) -> Receipt:
     """Keep a message that cannot be accepted, with the reason, for an operator."""
-    return _store(
-        session,
-        body,
-        source,
-        origin,
-        now,
-        MessageStatus.REJECTED,
-        reason,
-        file_name,
-        run_number,
-        None,
+    row = _row(
+        body, source, origin, now, MessageStatus.REJECTED, reason, file_name, run_number, None
     )
+    return _store(session, [row])[0]
 
 
-def _catalogue(
-    session: Session,
-    msg: FileMessage,
-    text: str,
-    source: str,
-    origin: str | None,
-    now: dt.datetime,
-) -> Receipt:
-    file, created = register_file(session, msg, now)
-    status, reason = MessageStatus.ACCEPTED, None
-    if not created:
-        conflicts = _conflicts(file, msg)
-        if conflicts:
-            return store_rejected(session, text, source, origin, now, conflicts, msg.name, msg.run)
-        status = MessageStatus.DUPLICATE
-    if msg.end_of_run and mark_end_of_run(session, file.run, now, msg.sequence):
-        if not created:  # the file was known, but not that it ends its run
-            reason = "file already registered; end of run recorded"
-        status = MessageStatus.ACCEPTED
-    return _store(session, text, source, origin, now, status, reason, msg.name, msg.run, file.id)
-
-
-def _conflicts(file: File, msg: FileMessage) -> str | None:
-    """Why ``msg`` cannot be about the catalogued ``file`` of the same name, or None.
-
-    A field the message leaves out (or the catalogue lacks) is no conflict: the same file
-    announced once with and once without a checksum is still the same file.
-    """
-    known = {
-        "run": file.run.number,
-        "url": file.url,
-        "stream": file.stream,
-        "sequence": file.sequence,
-        "size": file.size,
-        "adler32": file.adler32,
-    }
-    problems = [
-        f"{field} {value} differs from the registered {known[field]}"
-        for field, value in msg.identity().items()
-        if value is not None and known[field] is not None and value != known[field]
-    ]
-    if not problems:
-        return None
-    return f"file {msg.name} is already registered (file id {file.id}): " + "; ".join(problems)
-
-
-def _store(
-    session: Session,
+def _row(
     body: str,
     source: str,
     origin: str | None,
@@ -271,21 +269,39 @@ def _store(
     file_name: str | None,
     run_number: int | None,
     file_id: int | None,
-) -> Receipt:
-    row = ReceivedMessage(
-        received_at=now,
-        source=source[:MAX_SOURCE],
-        origin=None if origin is None else origin[:MAX_ORIGIN],
-        body=body,
-        status=status,
-        reason=reason,
-        file_name=file_name,
-        run_number=run_number,
-        file_id=file_id,
-    )
-    session.add(row)
-    session.flush()
-    return Receipt(status, reason, row.id, file_id)
+) -> dict[str, Any]:
+    return {
+        "received_at": now,
+        "source": source[:MAX_SOURCE],
+        "origin": None if origin is None else origin[:MAX_ORIGIN],
+        "body": body,
+        "status": status,
+        "reason": reason,
+        "file_name": file_name,
+        "run_number": run_number,
+        "file_id": file_id,
+    }
+
+
+_INSERT_MESSAGES = sa.insert(MESSAGES).returning(MESSAGES.c.id, sort_by_parameter_order=True)
+_INSERT_MESSAGES_SQLITE = sa.insert(MESSAGES).returning(MESSAGES.c.id)
+
+
+def _store(session: Session, rows: list[dict[str, Any]]) -> list[Receipt]:
+    """Insert the message rows in one statement; their receipts, in order."""
+    conn = session.connection()
+    if conn.dialect.name == "sqlite":
+        # SQLAlchemy cannot tell SQLite's RETURNING order, so sorting by parameter order
+        # would insert row by row. SQLite numbers the rows of one INSERT in their order
+        # (the largest id + 1 each), and this transaction holds the write lock: the ids in
+        # ascending order are the rows' in order.
+        ids = sorted(conn.execute(_INSERT_MESSAGES_SQLITE, rows).scalars())
+    else:
+        ids = list(conn.execute(_INSERT_MESSAGES, rows).scalars())
+    return [
+        Receipt(row["status"], row["reason"], id_, row["file_id"])
+        for row, id_ in zip(rows, ids, strict=True)
+    ]
 
 
 def body_text(body: str | bytes) -> str:
