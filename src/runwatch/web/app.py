@@ -14,6 +14,8 @@ from runwatch import __version__
 from runwatch.config import Settings
 from runwatch.db import Database
 from runwatch.ingest.api import router as ingest_router
+from runwatch.web import actions, login
+from runwatch.web.auth import install_auth
 
 
 def create_app(settings: Settings, db: Database) -> FastAPI:
@@ -21,6 +23,9 @@ def create_app(settings: Settings, db: Database) -> FastAPI:
     app.state.settings = settings
     app.state.db = db
     app.include_router(ingest_router)
+    install_auth(app)
+    app.include_router(login.router)
+    app.include_router(actions.router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> JSONResponse:

@@ -8,6 +8,9 @@ import typer
 def register(app: typer.Typer) -> None:
     """Add this feature's commands to ``app``."""
     app.command("serve")(serve)
+    from runwatch.web.accounts_cli import web_app
+
+    app.add_typer(web_app, name="web")
 
 
 def serve(
@@ -22,6 +25,15 @@ def serve(
 
     ctx = Context.load()
     try:
-        uvicorn.run(create_app(ctx.settings, ctx.db), host=host, port=port, log_level="info")
+        # proxy_headers=False: the client address must stay the direct peer's, which is
+        # what [web] trusted_proxies is checked against (uvicorn would otherwise replace it
+        # by X-Forwarded-For from a local proxy).
+        uvicorn.run(
+            create_app(ctx.settings, ctx.db),
+            host=host,
+            port=port,
+            log_level="info",
+            proxy_headers=False,
+        )
     finally:
         ctx.db.dispose()
