@@ -32,7 +32,7 @@ class Run(Base):
         enum_column_type(RunStatus, "run_status"), default=RunStatus.DATA_TAKING, index=True
     )
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
-    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
     end_of_run_at: Mapped[dt.datetime | None] = mapped_column(
         UTCDateTime, doc="When the end-of-run message was received."
     )

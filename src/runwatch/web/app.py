@@ -6,16 +6,20 @@ tests and ``runwatch serve`` build the same app; routers find both on ``app.stat
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import sqlalchemy as sa
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from runwatch import __version__
 from runwatch.config import Settings
 from runwatch.db import Database
 from runwatch.ingest.api import router as ingest_router
-from runwatch.web import actions, login
-from runwatch.web.auth import install_auth
+from runwatch.web import api_v1, files, pages
+
+STATIC = Path(__file__).parent / "static"
 
 
 def create_app(settings: Settings, db: Database) -> FastAPI:
@@ -23,9 +27,10 @@ def create_app(settings: Settings, db: Database) -> FastAPI:
     app.state.settings = settings
     app.state.db = db
     app.include_router(ingest_router)
-    install_auth(app)
-    app.include_router(login.router)
-    app.include_router(actions.router)
+    app.include_router(api_v1.router)
+    app.include_router(files.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> JSONResponse:

@@ -31,6 +31,17 @@ def register(app: typer.Typer) -> None:
     app.command("demo")(demo)
 
 
+def histogram_tabs() -> dict[str, list[str]]:
+    """The run page's tabs of the hist step's histograms: Calib those filled from the
+    calib file, Rec those from the rec file (read by ``runwatch.web.pages``)."""
+    from runwatch.experiments.juno.hist import specs
+
+    tabs: dict[str, list[str]] = {"calib": [], "rec": []}
+    for spec in specs():
+        tabs[spec.source].append(spec.name)
+    return tabs
+
+
 def demo(
     folder: Path = typer.Argument(
         Path("runwatch-demo"), help="Folder for the demo's deployment (wiped on a rerun)."

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Build the web pages' front-end assets: install the npm packages pinned in
+# src/runwatch/web/frontend/package-lock.json (npm ci, from whatever registry npm is
+# configured for) and copy the files the browser needs into
+# src/runwatch/web/static/vendor/ (not in git; shipped in the wheel). Run by
+# scripts/try.sh, scripts/test.sh and CI; rerun after changing package.json.
+#
+# --ignore-scripts: JSROOT's package depends on node-only packages (canvas, jsdom, ...)
+# for drawing without a browser; their native builds are not needed in a browser and
+# would need a compiler, so no package's install script runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+frontend=src/runwatch/web/frontend
+vendor=src/runwatch/web/static/vendor
+
+if ! command -v npm >/dev/null; then
+  echo "build-web: npm not found; installing Debian's nodejs and npm" >&2
+  if [ "$(id -u)" -eq 0 ]; then apt-get install -y -q nodejs npm >/dev/null
+  else sudo apt-get install -y -q nodejs npm >/dev/null; fi
+fi
+
+(cd "$frontend" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+
+jsroot=$frontend/node_modules/jsroot
+rm -rf "$vendor"
+mkdir -p "$vendor/jsroot"
+# The ES modules (modules/main.mjs and what it imports, d3 and three bundled in), the
+# fonts JSROOT loads for its text, and the licence.
+cp -r "$jsroot/modules" "$jsroot/fonts" "$jsroot/LICENSE" "$vendor/jsroot/"
+node -e 'console.log(require(process.argv[1]).version)' "$PWD/$jsroot/package.json" \
+  > "$vendor/jsroot/VERSION"
+echo "build-web: JSROOT $(cat "$vendor/jsroot/VERSION") in $vendor ($(du -sh "$vendor" | cut -f1))"

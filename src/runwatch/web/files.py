@@ -1,0 +1,122 @@
+"""Serving files: the data root's (merged ROOT files, step outputs) under ``/files/``, and
+task logs from the work root under ``/tasks/{id}/log``.
+
+A path is served only when, fully resolved (symbolic links followed), it is a regular
+file inside the root it is served from; anything else -- ``..``, an absolute path, a link
+out of the root, a directory -- is a plain 404, so nobody learns what exists outside.
+``FileResponse`` answers HTTP range requests (``Accept-Ranges: bytes``, 206 partial
+content), which is how JSROOT reads ROOT files: a few byte ranges, never the whole file.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from pathlib import Path
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import FileResponse
+
+from runwatch.config import Settings
+from runwatch.db import Database
+from runwatch.storage.urls import URLError, url_to_path
+from runwatch.web.auth import require_read
+from runwatch.workflow.models import Attempt
+
+router = APIRouter(tags=["files"], dependencies=[Depends(require_read)])
+
+CONTENT_TYPES = {".root": "application/octet-stream", ".log": "text/plain", ".txt": "text/plain"}
+FILES_PREFIX = "/files/"
+
+
+def contained(root: str | Path, relative: str) -> Path | None:
+    """``root/relative`` resolved, if it is a regular file inside ``root``; else None."""
+    if not relative or relative.startswith(("/", "\\")) or "\x00" in relative:
+        return None
+    if any(part == ".." for part in Path(relative).parts):
+        return None
+    base = Path(root).resolve()
+    try:
+        path = (base / relative).resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    if not path.is_relative_to(base) or not path.is_file():
+        return None
+    return path
+
+
+def inside(root: str | Path, path: str | Path) -> Path | None:
+    """``path`` resolved, if it is a regular file inside ``root``; else None."""
+    try:
+        resolved = Path(path).resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    if not resolved.is_relative_to(Path(root).resolve()) or not resolved.is_file():
+        return None
+    return resolved
+
+
+def file_link(settings: Settings):  # type: ignore[no-untyped-def]
+    """A ``Linker``: the ``/files/…`` link of a URL or path under the data root, else None.
+
+    Only the text of the path is compared (no file system access), so a page linking
+    many files costs nothing; serving the link checks the file itself.
+    """
+    base = Path(settings.data_root).resolve()
+
+    def link(url: str | None) -> str | None:
+        if not url:
+            return None
+        try:
+            path = url_to_path(url)
+        except URLError:
+            return None
+        if ".." in path.parts or not path.is_relative_to(base):
+            return None
+        return FILES_PREFIX + path.relative_to(base).as_posix()
+
+    return link
+
+
+def content_type(path: Path) -> str:
+    return (
+        CONTENT_TYPES.get(path.suffix)
+        or mimetypes.guess_type(path.name)[0]
+        or ("application/octet-stream")
+    )
+
+
+@router.get("/files/{path:path}", response_class=FileResponse)
+def serve_file(path: str, request: Request) -> FileResponse:
+    """A file under the data root (HTTP ranges supported); 404 for anything else."""
+    settings: Settings = request.app.state.settings
+    found = contained(settings.data_root, path)
+    if found is None:
+        raise HTTPException(status_code=404, detail="no such file")
+    return FileResponse(found, media_type=content_type(found))
+
+
+def attempt_log(request: Request, task_id: int, attempt: int | None) -> tuple[Attempt, Path | None]:
+    """The attempt (the task's latest without ``attempt``) and its log file, when that is a
+    file under the work root; 404 for an unknown task or attempt."""
+    settings: Settings = request.app.state.settings
+    db: Database = request.app.state.db
+    query = sa.select(Attempt).where(Attempt.task_id == task_id)
+    if attempt is not None:
+        query = query.where(Attempt.number == attempt)
+    with db.read_session() as session:
+        found = session.scalar(query.order_by(Attempt.number.desc()).limit(1))
+        if found is None:
+            raise HTTPException(status_code=404, detail=f"no attempt of task {task_id}")
+        session.expunge(found)
+    log = inside(settings.work_root, found.log_path) if found.log_path else None
+    return found, log
+
+
+@router.get("/tasks/{task_id}/log.txt", response_class=FileResponse)
+def serve_log(request: Request, task_id: int, attempt: int | None = None) -> FileResponse:
+    """An attempt's log file as text (HTTP ranges supported)."""
+    _, log = attempt_log(request, task_id, attempt)
+    if log is None:
+        raise HTTPException(status_code=404, detail="no log file under the work root")
+    return FileResponse(log, media_type="text/plain; charset=utf-8")
