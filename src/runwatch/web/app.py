@@ -17,7 +17,8 @@ from runwatch import __version__
 from runwatch.config import Settings
 from runwatch.db import Database
 from runwatch.ingest.api import router as ingest_router
-from runwatch.web import api_v1, files, pages
+from runwatch.web import actions, api_v1, files, login, pages
+from runwatch.web.auth import install_auth
 
 STATIC = Path(__file__).parent / "static"
 
@@ -27,6 +28,9 @@ def create_app(settings: Settings, db: Database) -> FastAPI:
     app.state.settings = settings
     app.state.db = db
     app.include_router(ingest_router)
+    install_auth(app)
+    app.include_router(login.router)
+    app.include_router(actions.router)
     app.include_router(api_v1.router)
     app.include_router(files.router)
     app.include_router(pages.router)
