@@ -181,6 +181,11 @@ class WebSettings(BaseModel):
     dn_roles: dict[str, str] = Field(
         default_factory=dict, description="Certificate DN -> role (viewer, shifter, expert, admin)."
     )
+    detector: str = Field(
+        "juno",
+        description="Whose PMT positions the PMT map draws: an entry point of the "
+        "runwatch.detectors group (e.g. juno); empty: no map.",
+    )
 
 
 class Settings(BaseSettings):

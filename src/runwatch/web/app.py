@@ -19,6 +19,8 @@ from runwatch.db import Database
 from runwatch.ingest.api import router as ingest_router
 from runwatch.web import actions, api_v1, files, login, pages
 from runwatch.web.auth import install_auth
+from runwatch.web.live import router as live_router
+from runwatch.web.pmt_api import router as pmt_router
 
 STATIC = Path(__file__).parent / "static"
 
@@ -32,6 +34,8 @@ def create_app(settings: Settings, db: Database) -> FastAPI:
     app.include_router(login.router)
     app.include_router(actions.router)
     app.include_router(api_v1.router)
+    app.include_router(live_router)
+    app.include_router(pmt_router)
     app.include_router(files.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")
