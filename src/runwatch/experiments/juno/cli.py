@@ -52,6 +52,13 @@ def demo(
     keep_running: bool = typer.Option(
         False, "--keep-running", help="Leave the scheduler running at the end."
     ),
+    serve: bool = typer.Option(
+        False,
+        "--serve",
+        help="Serve the web site while the runs are taken (its address is printed), and "
+        "keep serving it afterwards until Ctrl-C.",
+    ),
+    port: int = typer.Option(8080, "--port", min=1, max=65535, help="The web site's port."),
 ) -> None:
     """Run the keep-up chain on simulated JUNO runs in a fresh local deployment.
 
@@ -64,7 +71,9 @@ def demo(
     from runwatch.experiments.juno.demo import DemoError, DemoOptions, run_demo
 
     console = Console()
-    options = DemoOptions(folder.resolve(), files, events, timeout, keep_running)
+    options = DemoOptions(
+        folder.resolve(), files, events, timeout, keep_running, serve_port=port if serve else None
+    )
     try:
         completed = run_demo(options, console)
     except DemoError as exc:

@@ -87,6 +87,7 @@ class DemoOptions:
     keep_running: bool = False
     rate_hz: float | None = None  # write the runs in real time at this trigger rate
     merge_every: str = LIVE_MERGE_EVERY  # the pipeline's live merge interval
+    serve_port: int | None = None  # serve the web site on this port, until interrupted
 
 
 def prepare(folder: Path, merge_every: str = LIVE_MERGE_EVERY) -> Path:
@@ -151,6 +152,65 @@ def start_scheduler(folder: Path) -> subprocess.Popen[bytes]:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+
+def start_web(folder: Path, port: int) -> subprocess.Popen[bytes]:
+    """``runwatch serve`` for the deployment on ``port``, logging to ``web.log``."""
+    env = {**os.environ, CONFIG_ENV: str((folder / DEFAULT_CONFIG_NAME).resolve())}
+    with open(folder / "web.log", "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "runwatch", "serve", "--port", str(port)],
+            cwd=folder,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def web_address(port: int) -> str:
+    # localhost rather than 127.0.0.1: browsers keep secure login cookies on it over http.
+    return f"http://localhost:{port}/"
+
+
+def wait_for_web(web: subprocess.Popen[bytes], port: int, timeout_s: float = 30.0) -> bool:
+    """Whether the web server answers /healthz within ``timeout_s`` (False if it died)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and web.poll() is None:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2.0).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def open_web_site(folder: Path, port: int, console: Console) -> subprocess.Popen[bytes]:
+    """Start the web server and print its address once it answers."""
+    web = start_web(folder, port)
+    if wait_for_web(web, port):
+        console.print(f"web site: {web_address(port)}  (watch the runs there)", highlight=False)
+    else:
+        console.print(f"[red]the web server did not start; see {folder / 'web.log'}[/red]")
+    return web
+
+
+def serve_until_interrupted(
+    web: subprocess.Popen[bytes], port: int | None, console: Console
+) -> None:
+    """Leave the web site up until Ctrl-C (or until the server stops by itself)."""
+    if port is not None:
+        console.print(f"web site: {web_address(port)}", highlight=False)
+    console.print("The web site stays up; Ctrl-C stops it.", highlight=False)
+    try:
+        web.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop(web)
 
 
 class Detector(threading.Thread):
@@ -321,6 +381,7 @@ def run_demo(options: DemoOptions, console: Console, runs: Sequence[DemoRun] = R
     prepare(folder, options.merge_every)
     console.print(f"deployment in {folder} (SQLite, local executor, dropbox)", highlight=False)
     scheduler = start_scheduler(folder)
+    web = None if options.serve_port is None else open_web_site(folder, options.serve_port, console)
     detector = Detector(options, runs)
     detector.start()
     completed = False
@@ -337,10 +398,16 @@ def run_demo(options: DemoOptions, console: Console, runs: Sequence[DemoRun] = R
             console.print(f"[red]the simulator failed: {detector.error}[/red]")
         if scheduler.poll() is not None:
             console.print(f"[red]the scheduler stopped; see {folder / 'scheduler.log'}[/red]")
+    except BaseException:
+        if web is not None:
+            stop(web)
+        raise
     finally:
         if not options.keep_running:
             stop(scheduler)
     _where_to_look(console, folder, completed, scheduler if options.keep_running else None)
+    if web is not None:
+        serve_until_interrupted(web, options.serve_port, console)
     return completed
 
 
