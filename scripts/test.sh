@@ -66,6 +66,15 @@ trap summary EXIT
 begin install
 "$PYTHON" -m pip install -q -e '.[test]'
 
+# The browser tests drive Debian's Chromium (never a browser downloaded by playwright) and
+# need the front end built (JSROOT from npm into src/runwatch/web/static/vendor/).
+begin frontend
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" -eq 0 ]; then apt-get install -y -q chromium >/dev/null
+  else sudo apt-get install -y -q chromium >/dev/null; fi
+fi
+bash scripts/build-web.sh
+
 begin services
 bash scripts/services-up.sh postgres mariadb rabbitmq
 export RUNWATCH_TEST_POSTGRES_URL=${RUNWATCH_TEST_POSTGRES_URL:-postgresql+psycopg://ci:ci@127.0.0.1/citest}

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -64,7 +65,13 @@ def _new_merge(db: Database, number: int) -> int:
         return merge.id
 
 
-def test_each_change_is_sent_once(db: Database, seeded: Seeded) -> None:
+def test_each_change_is_sent_once(any_db: Database, tmp_path: Path) -> None:
+    """On all three databases (time stamps compared as each stores them)."""
+    db = any_db
+    settings = Settings.model_construct(
+        data_root=str(tmp_path / "data"), work_root=str(tmp_path / "work")
+    )
+    seeded = seed(db, settings)
     with db.read_session() as session:
         cursor = live.start_cursor(session)
     first = _poll(db, cursor)  # the seeded runs are hours old: nothing to tell

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,6 +48,19 @@ def _juno_sized(db: Database) -> np.ndarray:
         bad.fractions, bad.classes = fraction.tobytes(), classes.tobytes()
         bad.counts = {cls.value: int((classes == CODES[cls]).sum()) for cls in PmtClass}
     return fraction.astype(np.float64)
+
+
+def test_the_map_on_each_database(any_db: Database, tmp_path: Path) -> None:
+    """The arrays stored as blobs come back whole from all three databases."""
+    settings = Settings.model_construct(
+        data_root=str(tmp_path / "data"), work_root=str(tmp_path / "work")
+    )
+    seed(any_db, settings)
+    fraction = _juno_sized(any_db)
+    with TestClient(create_app(settings, any_db)) as client:
+        body = client.get("/api/v1/runs/101/pmt").json()
+    assert body["counts"]["dead"] == len(DEAD) and body["changed"]["previous_run"] == 100
+    assert body["fraction"][42] == 1.0 and abs(body["fraction"][0] - fraction[0]) < 6e-6
 
 
 @pytest.fixture
