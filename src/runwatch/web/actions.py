@@ -248,16 +248,26 @@ REFUSALS: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("/api/v1/tasks/{task_id}/{verb}", tags=["actions"], responses=REFUSALS)
-async def task_api(request: Request, task_id: int, verb: str) -> JSONResponse:
-    """Retry (failed, cancelled or done tasks) or cancel a task; shifter or above.
-
-    Scripts authenticate with ``Authorization: Bearer <token>``; a browser session or a
-    client certificate must also send the ``X-CSRF-Token`` header.
-    """
+async def _task_api(request: Request, verb: str, task_id: int) -> JSONResponse:
     csrf = request.headers.get(CSRF_HEADER, "")
     do = _task_action(verb, task_id)
     return _json(await _perform(request, f"task.{verb}", f"task:{task_id}", csrf, do))
+
+
+@router.post("/api/v1/tasks/{task_id}/retry", tags=["actions"], responses=REFUSALS)
+async def retry_api(request: Request, task_id: int) -> JSONResponse:
+    """Run a failed, cancelled or done task again, with fresh retries; shifter or above.
+
+    Scripts authenticate with ``Authorization: Bearer <token>``; a browser session or a
+    client certificate must also send the ``X-CSRF-Token`` header (``GET /api/v1/whoami``).
+    """
+    return await _task_api(request, "retry", task_id)
+
+
+@router.post("/api/v1/tasks/{task_id}/cancel", tags=["actions"], responses=REFUSALS)
+async def cancel_api(request: Request, task_id: int) -> JSONResponse:
+    """Stop a task (a running job is killed); shifter or above. Authentication as for retry."""
+    return await _task_api(request, "cancel", task_id)
 
 
 @router.post(
