@@ -418,3 +418,45 @@ def test_actions_on_every_database(any_db: Database, tmp_path: Path) -> None:
         ("task.retry", "failed"),
         ("alarm.ack", "done"),
     ]
+
+
+def test_a_shifter_retries_from_the_jobs_tab_and_returns_to_it(site: Site) -> None:
+    """The real page's form, its CSRF token and the Referer, as a browser uses them."""
+    task = add_task(site.db, TaskState.FAILED)
+    page_url = "/runs/1?tab=jobs"
+    with site.client() as viewer:
+        assert login(viewer, "viewer").status_code == 303
+        assert f"/actions/tasks/{task}/retry" not in viewer.get(page_url).text
+    with site.client() as shifter:
+        assert login(shifter, "shifter").status_code == 303
+        page = shifter.get(page_url)
+        assert page.status_code == 200
+        form = page.text.split(f'action="/actions/tasks/{task}/retry"')[1]
+        csrf = form.split('name="csrf_token" value="')[1].split('"')[0]
+        response = shifter.post(
+            f"/actions/tasks/{task}/retry",
+            data={"csrf_token": csrf},
+            headers={"Accept": "text/html", "Referer": f"http://testserver{page_url}"},
+        )
+        assert response.status_code == 303
+        assert response.headers["location"] == page_url
+    assert task_state(site.db, task) is TaskState.READY
+
+
+def test_pages_and_the_api_need_a_login_when_reading_is_not_public(
+    tmp_path: Path, db: Database
+) -> None:
+    site = build_site(tmp_path, db, public_read=False)
+    add_task(db, TaskState.DONE)
+    with site.client() as client:
+        assert client.get("/api/v1/runs").status_code == 401
+        assert client.get("/api/v1/runs/1").status_code == 401
+        for page in ("/", "/runs/1?tab=jobs", "/alarms"):
+            response = client.get(page, headers={"Accept": "text/html"})
+            assert response.status_code == 303, page
+            assert response.headers["location"].startswith("/login?next=/")
+        assert login(client, "viewer", next="/runs/1?tab=jobs").headers["location"] == (
+            "/runs/1?tab=jobs"
+        )
+        assert client.get("/runs/1?tab=jobs").status_code == 200
+        assert client.get("/api/v1/runs").status_code == 200

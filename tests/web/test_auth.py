@@ -4,6 +4,7 @@ redirects: how the web site decides who is asking."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 from collections.abc import Iterator
 from http.cookies import Morsel, SimpleCookie
@@ -16,7 +17,15 @@ from fastapi import Depends
 
 from runwatch.db import Database, utcnow
 from runwatch.web import accounts, login
-from runwatch.web.auth import SESSION_COOKIE, local_path, require_read, sign, unsign
+from runwatch.web.auth import (
+    SESSION_COOKIE,
+    Principal,
+    local_path,
+    require_read,
+    require_role,
+    sign,
+    unsign,
+)
 from runwatch.web.models import Role, WebUser
 from tests.web.authkit import (
     DN_HEADER,
@@ -393,3 +402,55 @@ def test_login_never_redirects_off_site(client: TestClient, next: str) -> None:
     response = log_in(client, "viewer", next=next)
     assert response.status_code == 303
     assert response.headers["location"] == "/"
+
+
+def test_require_role_checks_the_role_and_a_browsers_csrf_token(client: TestClient) -> None:
+    """Other features' mutating routes use require_role directly."""
+    app = client.app
+
+    @app.post("/api/v1/probe-change")  # type: ignore[attr-defined]
+    def change(principal: Principal = Depends(require_role(Role.EXPERT))) -> dict[str, str]:
+        return {"by": principal.name}
+
+    assert client.post("/api/v1/probe-change").status_code == 401
+    assert log_in(client, "expert").status_code == 303
+    csrf = whoami(client)["csrf_token"]
+    assert csrf
+    assert client.post("/api/v1/probe-change").status_code == 403
+    assert client.post("/api/v1/probe-change", headers={"X-CSRF-Token": "x"}).status_code == 403
+    ok = client.post("/api/v1/probe-change", headers={"X-CSRF-Token": csrf})
+    assert ok.json() == {"by": "expert"}
+    assert client.post("/api/v1/probe-change", data={"csrf_token": csrf}).status_code == 200
+    client.cookies.clear()
+    assert log_in(client, "shifter").status_code == 303
+    shifter_csrf = whoami(client)["csrf_token"]
+    headers = {"X-CSRF-Token": shifter_csrf or ""}
+    assert client.post("/api/v1/probe-change", headers=headers).status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("web", "message"),
+    [
+        ({"trusted_proxies": ["10.0.0.0/33"]}, "[web] trusted_proxies"),
+        ({"trusted_proxies": ["proxy.example"]}, "[web] trusted_proxies"),
+        ({"dn_roles": {"CN=x": "boss"}}, "[web] dn_roles: unknown roles boss"),
+    ],
+)
+def test_bad_security_settings_stop_the_app_at_once(
+    tmp_path: Path, db: Database, web: dict[str, object], message: str
+) -> None:
+    site = build_site(tmp_path, db, **web)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        site.client()
+
+
+def test_the_audit_log_names_the_client_behind_the_proxy(site: Site) -> None:
+    headers = {DN_HEADER: dn(Role.SHIFTER), "X-Forwarded-For": "203.0.113.1, 198.51.100.20"}
+    with site.client(PROXY, headers=headers) as client:
+        assert client.post("/api/v1/tasks/1/retry").status_code == 403  # no CSRF token
+    entry = audit_entries(site.db)[-1]
+    assert (entry.remote, entry.detail["client"]) == (PROXY[0], "198.51.100.20")
+    with site.client(OUTSIDER, headers={"X-Forwarded-For": "203.0.113.1"}) as client:
+        assert client.post("/api/v1/tasks/1/retry").status_code == 401
+    entry = audit_entries(site.db)[-1]
+    assert entry.remote == OUTSIDER[0] and "client" not in entry.detail

@@ -35,6 +35,7 @@ from runwatch.web.auth import (
     CSRF_FIELD,
     CSRF_HEADER,
     Principal,
+    client_address,
     current_principal,
     form_fields,
     ignored_dn,
@@ -100,6 +101,8 @@ def perform(request: Request, action: str, target: str, csrf_given: str | None, 
         "now": now,
     }
     detail: dict[str, Any] = {}
+    if (client := client_address(request)) != entry["remote"]:
+        detail["client"] = client  # as forwarded by a trusted proxy
     if (dn := ignored_dn(request)) is not None:
         detail["ignored_dn_header"] = dn[:255]  # forged, or a proxy missing from the list
     problem = refusal(principal, Role.SHIFTER, csrf_given)

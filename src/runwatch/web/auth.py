@@ -98,7 +98,15 @@ def install_auth(app: FastAPI) -> None:
     An empty ``[web] session_secret`` gets a random key for this process: logins then end
     when the server restarts, which is safe, only inconvenient.
     """
-    secret = app.state.settings.web.session_secret or secrets.token_urlsafe(32)
+    web = app.state.settings.web
+    # A mistyped proxy or role is refused when the server starts, not on some request.
+    try:
+        _networks(tuple(web.trusted_proxies))
+    except ValueError as exc:
+        raise ValueError(f"[web] trusted_proxies: {exc}") from None
+    if unknown := sorted(set(web.dn_roles.values()) - {role.value for role in Role}):
+        raise ValueError(f"[web] dn_roles: unknown roles {', '.join(unknown)}")
+    secret = web.session_secret or secrets.token_urlsafe(32)
     app.state.session_key = hashlib.sha256(b"runwatch-web-session\0" + secret.encode()).digest()
     app.add_exception_handler(StarletteHTTPException, _login_redirect)
 
@@ -251,6 +259,15 @@ def from_trusted_proxy(request: Request) -> bool:
     except ValueError:
         return False
     return any(address in network for network in _networks(proxies))
+
+
+def client_address(request: Request) -> str:
+    """The client's address: behind a trusted proxy, the last hop it forwarded for."""
+    peer = peer_address(request) or "unknown"
+    forwarded = request.headers.get("x-forwarded-for", "")
+    if forwarded and from_trusted_proxy(request):
+        return forwarded.split(",")[-1].strip() or peer
+    return peer
 
 
 def _x509_principal(request: Request, key: bytes) -> Principal | None:

@@ -24,12 +24,12 @@ from runwatch.db import Database, utcnow
 from runwatch.web import accounts
 from runwatch.web.auth import (
     CSRF_FIELD,
+    client_address,
     csrf_matches,
     csrf_token,
     current_principal,
     end_session,
     form_fields,
-    from_trusted_proxy,
     given_csrf,
     keep_login_csrf,
     local_path,
@@ -99,15 +99,6 @@ def _failed_logins(request: Request) -> FailedLogins:
         state.failed_logins = FailedLogins()
     failed: FailedLogins = state.failed_logins
     return failed
-
-
-def client_address(request: Request) -> str:
-    """The client's address: behind a trusted proxy, the last hop it forwarded for."""
-    peer = peer_address(request) or "unknown"
-    forwarded = request.headers.get("x-forwarded-for", "")
-    if forwarded and from_trusted_proxy(request):
-        return forwarded.split(",")[-1].strip() or peer
-    return peer
 
 
 def _login_form(
