@@ -4,7 +4,7 @@ One response carries everything the PMT Info tab draws: each PMT's position (θ,
 degrees), fired fraction and class, the counts per class, the cuts in force and the PMTs
 whose class changed since the previous good run. 17,612 PMTs are sent as parallel arrays
 (index = PMT id), not as a list of objects, with fractions rounded to 5 decimals (float32
-holds about 7 digits; 1e-5 is ten times finer than JUNO's narrowest band): ~300 kB of
+holds about 7 digits; 1e-5 is ten times finer than JUNO's narrowest band): ~370 kB of
 JSON, ~90 kB gzipped. The Aitoff projection is done in the browser from θ and φ (a few
 milliseconds), so the hover can show the angles without a second pair of arrays.
 

@@ -32,6 +32,10 @@ from runwatch.db import Database, utcnow
 from runwatch.experiments.juno import daqsim
 from runwatch.experiments.juno.demo import SEED, DemoOptions, DemoRun, run_demo
 from runwatch.web.app import create_app
+from runwatch.web.models import Role
+from runwatch.workflow.models import Task
+from runwatch.workflow.states import TaskState
+from tests.web.authkit import PASSWORD, add_user, audit_entries, task_state
 
 CHROMIUM = Path("/usr/bin/chromium")
 VENDOR = Path(__file__).parents[3] / "src" / "runwatch" / "web" / "static" / "vendor"
@@ -143,10 +147,10 @@ def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("screenshots")
 
 
-def shoot(page: sync_api.Page, folder: Path, name: str) -> Path:
-    """A full-page screenshot, ``folder/name.png``."""
+def shoot(page: sync_api.Page, folder: Path, name: str, full_page: bool = True) -> Path:
+    """A screenshot of the page (or of what the window shows), ``folder/name.png``."""
     path = folder / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    page.screenshot(path=str(path), full_page=full_page)
     assert path.stat().st_size > 10_000
     return path
 
@@ -250,7 +254,7 @@ def test_the_pmt_map_finds_the_simulated_dead_and_hot_pmts(
     tooltip = page.locator(".pmt-tooltip")
     sync_api.expect(tooltip).to_contain_text(f"PMT {dead[0]} ")
     sync_api.expect(tooltip).to_contain_text("dead")
-    shoot(page, screenshots, "run-pmt")
+    shoot(page, screenshots, "run-pmt", full_page=False)
     # JUNO's test cuts (dead < 6 %, hot > 13 %, normal 9.32-9.42 %), reclassified on the
     # server: the simulated dead and hot PMTs stay, the narrow normal band keeps few.
     page.select_option("select[name=preset]", "test")
@@ -300,3 +304,71 @@ def test_every_page_renders(
             timeout=30_000,
         )
     shoot(page, screenshots, name)
+
+
+# -- acting on the site: the last tests, as a retry changes the deployment ----------------
+
+
+def _done_task(db: Database, number: int) -> int:
+    with db.read_session() as session:
+        task_id = session.scalar(
+            sa.select(Task.id)
+            .join(Run, Run.id == Task.run_id)
+            .where(Run.number == number, Task.state == TaskState.DONE)
+            .order_by(Task.id)
+            .limit(1)
+        )
+    assert task_id is not None
+    return task_id
+
+
+def _log_in(page: sync_api.Page, site: Site, name: str, role: Role) -> None:
+    add_user(site.db, name, role)
+    page.goto(site.url + "/login")
+    page.fill("input[name=name]", name)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("form.login [type=submit]")
+    sync_api.expect(page.locator("header .who")).to_contain_text(name)
+
+
+def _forged_retry(page: sync_api.Page, site: Site, task_id: int) -> int:
+    """POST the retry form's fields though the page shows no button (with the page's own
+    CSRF token when it has one, as a script on the page could)."""
+    return int(
+        page.evaluate(
+            """async ([url, id]) => {
+                const token = document.querySelector('input[name=csrf_token]')?.value || '';
+                const body = new URLSearchParams({csrf_token: token});
+                const r = await fetch(`${url}/actions/tasks/${id}/retry`,
+                                      {method: 'POST', body, redirect: 'manual'});
+                return r.status; }""",
+            [site.url, task_id],
+        )
+    )
+
+
+def test_viewers_and_anonymous_users_cannot_retry(site: Site, page: sync_api.Page) -> None:
+    task_id = _done_task(site.db, BAD.number)
+    page.goto(f"{site.url}/runs/{BAD.number}?tab=jobs")
+    assert page.locator("form[action$='/retry']").count() == 0
+    assert _forged_retry(page, site, task_id) in (0, 401, 403)  # 0: redirected to log in
+    _log_in(page, site, "vera", Role.VIEWER)
+    page.goto(f"{site.url}/runs/{BAD.number}?tab=jobs")
+    assert page.locator("form[action$='/retry']").count() == 0
+    assert _forged_retry(page, site, task_id) == 403
+    assert task_state(site.db, task_id) is TaskState.DONE
+
+
+def test_a_shifter_retries_a_task(site: Site, page: sync_api.Page, screenshots: Path) -> None:
+    task_id = _done_task(site.db, BAD.number)
+    _log_in(page, site, "sam", Role.SHIFTER)
+    page.goto(f"{site.url}/runs/{BAD.number}?tab=jobs")
+    retry = page.locator(f"form[action='/actions/tasks/{task_id}/retry'] button")
+    shoot(page, screenshots, "run-jobs-shifter")
+    retry.click()
+    page.wait_for_url(f"**/runs/{BAD.number}?tab=jobs")
+    assert task_state(site.db, task_id) is not TaskState.DONE
+    assert any(
+        e.action == "task.retry" and e.outcome == "done" and e.actor == "sam"
+        for e in audit_entries(site.db)
+    )
