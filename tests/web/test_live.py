@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -190,3 +191,18 @@ def test_a_poll_costs_a_few_queries(db: Database, seeded: Seeded) -> None:
     assert cursor.runs_since is not None and cursor.runs_since > dt.datetime(
         2020, 1, 1, tzinfo=dt.UTC
     )
+
+
+def test_streams_end_when_the_server_stops(
+    client: TestClient, fast: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(live, "STREAM_SECONDS", 60.0)
+    started = time.monotonic()
+    timer = threading.Timer(0.3, live.stop_streams, (client.app,))
+    with client.stream("GET", "/api/v1/events") as response:
+        timer.start()
+        try:
+            lines = list(response.iter_lines())  # to the end of the stream
+        finally:
+            timer.join()
+    assert lines[0] == "retry: 2000" and time.monotonic() - started < 5

@@ -22,18 +22,21 @@ def serve(
 
     from runwatch.context import Context
     from runwatch.web.app import create_app
+    from runwatch.web.live import Server
 
     ctx = Context.load()
     try:
         # proxy_headers=False: the client address must stay the direct peer's, which is
         # what [web] trusted_proxies is checked against (uvicorn would otherwise replace it
         # by X-Forwarded-For from a local proxy).
-        uvicorn.run(
+        config = uvicorn.Config(
             create_app(ctx.settings, ctx.db),
             host=host,
             port=port,
             log_level="info",
             proxy_headers=False,
+            timeout_graceful_shutdown=5,
         )
+        Server(config).run()  # uvicorn's, ending the live-update streams when stopping
     finally:
         ctx.db.dispose()

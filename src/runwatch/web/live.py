@@ -24,11 +24,12 @@ whole site.
 Each event has an ``id`` (the cursor after it); a browser reconnecting sends it back as
 ``Last-Event-ID`` and the stream resumes from there (merges and alarm events exactly; the
 rows of runs changed within ``LOOKBACK`` may come again, which is harmless: a run event is
-the run's state, not a difference). A stream ends by itself after
-``STREAM_SECONDS`` (the browser reconnects at once, ``retry``) so that no connection
-lives for ever and a server stopping waits at most that long; it also ends as soon as the
-client goes away. A comment line every ``HEARTBEAT_SECONDS`` keeps proxies from closing
-an idle stream.
+the run's state, not a difference). A stream ends by itself after ``STREAM_SECONDS`` (the
+browser reconnects at once, ``retry``) so that no connection lives for ever; it also ends
+as soon as the client goes away, and within a poll once ``stop_streams`` is called:
+uvicorn, stopping, waits for open responses to end, so ``runwatch serve`` runs the app
+with ``Server``, which calls it first. A comment line every ``HEARTBEAT_SECONDS`` keeps
+proxies from closing an idle stream.
 
 Runs changed within ``LOOKBACK`` before the newest change seen are looked at again (and
 sent once per change): a transaction that stamped a run a moment before another but
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -46,7 +48,8 @@ from typing import Any
 
 import anyio
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, Request
+import uvicorn
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
@@ -229,7 +232,7 @@ async def event_stream(request: Request, db: Database) -> AsyncIterator[str]:
     yield f"retry: {RETRY_MS}\n: runwatch live updates\n\n"
     started = quiet_since = time.monotonic()
     while time.monotonic() - started < STREAM_SECONDS:
-        if await request.is_disconnected():
+        if getattr(request.app.state, "live_stopped", False) or await request.is_disconnected():
             return
         for event in await anyio.to_thread.run_sync(_polled, db, cursor):
             quiet_since = time.monotonic()
@@ -249,3 +252,18 @@ async def events(request: Request) -> StreamingResponse:
     return StreamingResponse(
         event_stream(request, db), media_type="text/event-stream", headers=headers
     )
+
+
+def stop_streams(app: FastAPI) -> None:
+    """End ``app``'s open event streams (each within a poll): the server is stopping."""
+    app.state.live_stopped = True
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, ending the app's event streams first when it stops (uvicorn waits
+    for every open response, and an event stream does not end by itself)."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if isinstance(self.config.app, FastAPI):
+            stop_streams(self.config.app)
+        await super().shutdown(sockets)

@@ -31,6 +31,7 @@ from runwatch.config import CONFIG_ENV, load_settings
 from runwatch.db import Database, utcnow
 from runwatch.experiments.juno import daqsim
 from runwatch.experiments.juno.demo import SEED, DemoOptions, DemoRun, run_demo
+from runwatch.web import live
 from runwatch.web.app import create_app
 from runwatch.web.models import Role
 from runwatch.workflow.models import Task
@@ -99,7 +100,7 @@ def site(demo_folder: Path) -> Iterator[Site]:
         log_level="warning",
         timeout_graceful_shutdown=2,
     )
-    server = uvicorn.Server(config)
+    server = live.Server(config)  # as runwatch serve
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
