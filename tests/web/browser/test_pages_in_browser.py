@@ -12,6 +12,7 @@ Screenshots go to a temporary folder, or to ``docs/screenshots/`` (the README's)
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import os
 import socket
@@ -29,6 +30,7 @@ from rich.console import Console
 from runwatch.catalogue.models import Run, RunStatus
 from runwatch.config import CONFIG_ENV, load_settings
 from runwatch.db import Database, utcnow
+from runwatch.dqm.models import Alarm, AlarmEvent, DqmMerge
 from runwatch.experiments.juno import daqsim
 from runwatch.experiments.juno.demo import SEED, DemoOptions, DemoRun, run_demo
 from runwatch.web import live
@@ -305,6 +307,85 @@ def test_every_page_renders(
             timeout=30_000,
         )
     shoot(page, screenshots, name)
+
+
+def _add_live_merge(db: Database, number: int) -> tuple[int, int]:
+    """A live merge of the run older than its final one (so the pages still show the
+    final): its task and merge ids, for ``_remove_merge``."""
+    with db.session() as session:
+        final = session.scalars(
+            sa.select(DqmMerge).join(Run).where(Run.number == number, DqmMerge.final)
+        ).one()
+        model = session.get_one(Task, final.task_id)
+        task = Task(
+            key=model.key + "/live-test",
+            revision_id=model.revision_id,
+            pipeline=model.pipeline,
+            step=model.step,
+            scope=model.scope,
+            run_id=model.run_id,
+            state=TaskState.DONE,
+            priority_at=model.priority_at,
+        )
+        session.add(task)
+        session.flush()
+        merge = DqmMerge(
+            run_id=final.run_id,
+            task_id=task.id,
+            attempt_id=final.attempt_id,
+            url=final.url,
+            final=False,
+            files_included=1,
+            files_total=final.files_total,
+            events_included=EVENTS,
+            merged_at=final.merged_at - dt.timedelta(seconds=30),
+        )
+        session.add(merge)
+        session.flush()
+        return task.id, merge.id
+
+
+def _remove_merge(db: Database, task_id: int, merge_id: int) -> None:
+    with db.session() as session:
+        session.delete(session.get_one(DqmMerge, merge_id))
+        session.flush()
+        session.delete(session.get_one(Task, task_id))
+
+
+def test_a_new_merge_redraws_the_run_page(site: Site, page: sync_api.Page) -> None:
+    page.goto(f"{site.url}/runs/{BAD.number}?tab=rec")
+    n = page.locator(".hist[data-file]").count()
+    drawn = "n => document.querySelectorAll('.hist.hist-drawn').length === n"
+    page.wait_for_function(drawn, arg=n, timeout=30_000)
+    page.wait_for_selector('#live-indicator[data-state="live"]', timeout=10_000)
+    page.evaluate("document.querySelector('section.tab').dataset.before = 'merge'")
+    task_id, merge_id = _add_live_merge(site.db, BAD.number)
+    try:
+        page.wait_for_selector("section.tab:not([data-before])", timeout=10_000)
+        page.wait_for_function(drawn, arg=n, timeout=30_000)
+    finally:
+        _remove_merge(site.db, task_id, merge_id)
+
+
+def test_a_new_alarm_shows_on_any_page(site: Site, page: sync_api.Page) -> None:
+    page.goto(site.url + "/trends")
+    page.wait_for_selector('#live-indicator[data-state="live"]', timeout=10_000)
+    with site.db.session() as session:
+        now = utcnow()
+        alarm = Alarm(
+            key="browser-test",
+            kind="test",
+            severity="warning",
+            message="a test alarm",
+            raised_at=now,
+            last_seen_at=now,
+        )
+        session.add(alarm)
+        session.flush()
+        session.add(AlarmEvent(alarm_id=alarm.id, at=now, action="raised"))
+    notice = page.locator("#live-notice-alarms")
+    sync_api.expect(notice).to_contain_text("1 new alarm: a test alarm", timeout=10_000)
+    assert notice.get_attribute("href") == "/alarms"
 
 
 # -- acting on the site: the last tests, as a retry changes the deployment ----------------
