@@ -208,9 +208,12 @@
 
   // Fetch this page again and swap its main section: the server renders what changed
   // (a new merge's histograms and checks, the jobs table), JavaScript need not know how.
+  // At most one refresh per `delay`: while one is pending, later events join it (a run
+  // being processed sends an event a second; a reset timer would never fire).
   function refreshSection(selector, delay) {
-    clearTimeout(refreshTimer);
+    if (refreshTimer) return;
     refreshTimer = setTimeout(async () => {
+      refreshTimer = null;
       const response = await fetch(location.href, { headers: { Accept: "text/html" } });
       if (!response.ok) return;
       const doc = new DOMParser().parseFromString(await response.text(), "text/html");
@@ -225,7 +228,9 @@
   function onRun(row) {
     const shown = updateRun(row);
     if (page === "runs" && !shown) notice("runs", `Run ${row.number} (${row.stream}) is new: reload to see it`, location.href);
-    if (page === "run" && row.number === thisRun && !document.querySelector("#pmt-map")) {
+    // The Base and Jobs tabs show the run's tasks; the histogram tabs change with merges.
+    const tab = document.querySelector("section.tab")?.id;
+    if (page === "run" && row.number === thisRun && (tab === "tab-base" || tab === "tab-jobs")) {
       refreshSection("section.tab", 1000);
     }
   }
