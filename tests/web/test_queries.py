@@ -56,6 +56,9 @@ with warnings.catch_warnings():
 T0 = dt.datetime(2026, 11, 1, 0, 0, tzinfo=dt.UTC)
 N_PMT = 50
 DEAD_IN_101 = (7, 11)
+ODD_META: dict[int, dict[str, object]] = {104: {}, 102: {"events": "many"}, 103: {"events": True}}
+"""Metadata may say anything: the second file of run 104 has no event count, of run 102 a
+word, of run 103 a boolean; none of them is counted, so those runs' events are unknown."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,14 @@ def _run(session: Session, number: int, stream: str, status: RunStatus, files: i
     session.add(run)
     session.flush()
     for seq in range(1, files + 1):
-        meta = {"events": 1000} if number != 104 or seq == 1 else {}
+        # Metadata may say anything: run 104's second file has no event count, run
+        # 102's a word, run 103's a boolean (neither is counted).
+        odd: dict[int, dict[str, object]] = {
+            104: {},
+            102: {"events": "many"},
+            103: {"events": True},
+        }
+        meta = odd[number] if number in odd and seq == 2 else {"events": 1000}
         session.add(
             File(
                 run_id=run.id,
@@ -322,6 +332,7 @@ def test_recent_runs_rows_have_events_files_progress_and_verdict(
         rows = {r.number: r for r in queries.recent_runs(s).runs}
     assert (rows[101].events, rows[101].files) == (2000, 2)
     assert rows[104].events is None  # a file without an event count
+    assert rows[102].events is None and rows[103].events is None  # not numbers
     assert (rows[101].verdict, rows[101].verdict_final) == ("bad", True)
     assert rows[100].verdict == "good" and rows[103].verdict is None
     assert rows[102].progress == queries.Progress(done=1, total=3, failed=2)
@@ -383,4 +394,5 @@ def test_recent_runs_on_each_database(any_db: Database, tmp_path: Path) -> None:
     assert numbers(page) == [102, 101] and page.has_next
     assert page.runs[0].progress == queries.Progress(done=1, total=3, failed=2)
     assert page.runs[1].events == 2000 and page.runs[1].verdict == "bad"
+    assert page.runs[0].events is None  # one of its files says "many"
     assert numbers(by_status) == [103]

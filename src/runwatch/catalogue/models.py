@@ -24,6 +24,12 @@ class RunStatus(enum.StrEnum):
 
 class Run(Base):
     __tablename__ = "runs"
+    # The recent-runs list pages by end time or number within a status (a handful of Data
+    # Taking runs among 100,000 must not be searched for along the whole end-time index).
+    __table_args__ = (
+        sa.Index("ix_runs_status_ended_at", "status", "ended_at"),
+        sa.Index("ix_runs_status_number", "status", "number"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     number: Mapped[int] = mapped_column(sa.BigInteger, unique=True)

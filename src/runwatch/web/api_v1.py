@@ -169,7 +169,7 @@ def get_trend(
     stream: Annotated[str | None, Query(max_length=64)] = None,
 ) -> queries.Trend:
     """A quantity over the last runs that have it, oldest first."""
-    if quantity not in quantities(session):
+    if not queries.has_trend(session, quantity):
         raise HTTPException(status_code=404, detail=f"no trend quantity {quantity!r}")
     return queries.trend_of(session, quantity, last, stream or None)
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ EXPERIMENTS_GROUP = "runwatch.experiments"
 TABS_META_KEY = "tabs"
 """The merged file's metadata key naming each tab's histograms: {"calib": [...], ...}."""
 CHANGES_SHOWN = 500
+CHOICES_TTL_S = 60.0
 LOG_BYTES = 256 * 1024
 """The end of a log shown on its page (the whole file is a link away)."""
 
@@ -120,6 +122,20 @@ def form_filters(params: Mapping[str, str]) -> RunFilters:
     )
 
 
+def choices(request: Request, name: str, find: Callable[[], list[str]]) -> list[str]:
+    """A filter's choices (streams, trend quantities), found at most once a minute per
+    app: finding them reads a whole table, which the pages themselves never do."""
+    found: dict[str, tuple[float, list[str]]] | None = getattr(
+        request.app.state, "filter_choices", None
+    )
+    if found is None:
+        found = request.app.state.filter_choices = {}
+    now = time.monotonic()
+    if name not in found or now - found[name][0] > CHOICES_TTL_S:
+        found[name] = (now, find())
+    return found[name][1]
+
+
 def page_link(request: Request, page: int) -> str:
     params = dict(request.query_params) | {"page": str(page)}
     return "/?" + "&".join(f"{k}={v}" for k, v in params.items() if v)
@@ -130,14 +146,14 @@ def runs_page(request: Request) -> HTMLResponse:
     filters = form_filters(request.query_params)
     with session_of(request).read_session() as session:
         found = filters.query(session)
-        stream_choices = queries.streams(session)
+        streams = choices(request, "streams", lambda: queries.streams(session))
     return render(
         request,
         "runs.html",
         "runs",
         filters=filters,
         result=found,
-        streams=stream_choices,
+        streams=streams,
         modes=list(queries.RunMode),
         sorts=list(queries.RunSort),
         statuses=list(RunStatus),
@@ -277,17 +293,17 @@ def trends_page(
 ) -> HTMLResponse:
     n = _number(last, 1, 5000) or 50
     with session_of(request).read_session() as session:
-        choices = quantities(session)
-        stream_choices = queries.streams(session)
-        chosen = quantity if quantity in choices else (choices[0] if choices else "")
+        known = choices(request, "quantities", lambda: quantities(session))
+        streams = choices(request, "streams", lambda: queries.streams(session))
+        chosen = quantity if quantity in known else (known[0] if known else "")
         found = queries.trend_of(session, chosen, n, stream or None) if chosen else None
     return render(
         request,
         "trends.html",
         "trends",
-        quantities=choices,
+        quantities=known,
         quantity=chosen,
-        streams=stream_choices,
+        streams=streams,
         stream=stream,
         last=n,
         trend=found,

@@ -188,23 +188,46 @@ def _events_of(meta: Any) -> int | None:
     return None
 
 
+def json_number(dialect: str, column: Any, key: str) -> sa.ColumnElement[Any]:
+    """SQL for ``column[key]`` of a JSON column when it is a number, else NULL.
+
+    Free-form metadata may hold anything under ``key`` (a string, a boolean): each
+    database is asked for the value's JSON type first, so nothing is ever cast that
+    cannot be. ``key`` is a constant of ours, never input.
+    """
+    if dialect == "postgresql":
+        field = column.op("->")(sa.literal_column(f"'{key}'"))
+        text = column.op("->>")(sa.literal_column(f"'{key}'"))
+        return sa.case((sa.func.json_typeof(field) == "number", sa.cast(text, sa.Float)))
+    value = sa.func.json_extract(column, f"$.{key}")
+    if dialect == "sqlite":
+        return sa.case((sa.func.json_type(column, f"$.{key}").in_(["integer", "real"]), value))
+    numbers = ["INTEGER", "UNSIGNED INTEGER", "DOUBLE", "DECIMAL"]  # MySQL, MariaDB
+    return sa.case((sa.func.json_type(value).in_(numbers), value + 0))
+
+
 def file_totals(
     session: Session, run_ids: Collection[int]
 ) -> tuple[dict[int, int], dict[int, int]]:
-    """Files of each run, and its events when every file's metadata gives them."""
-    files: dict[int, int] = defaultdict(int)
-    events: dict[int, int] = defaultdict(int)
-    unknown: set[int] = set()
-    if run_ids:
-        query = sa.select(File.run_id, File.meta).where(File.run_id.in_(list(run_ids)))
-        for run_id, meta in session.execute(query):
-            files[run_id] += 1
-            n = _events_of(meta)
-            if n is None:
-                unknown.add(run_id)
-            else:
-                events[run_id] += n
-    return dict(files), {k: v for k, v in events.items() if k not in unknown}
+    """Files of each run, and its events when every file's metadata gives them.
+
+    Summed by the database: decoding every file's metadata in Python cost more than all
+    the rest of the recent-runs list together.
+    """
+    if not run_ids:
+        return {}, {}
+    events = json_number(session.get_bind().dialect.name, File.meta, "events")
+    query = (
+        sa.select(File.run_id, sa.func.count(), sa.func.count(events), sa.func.sum(events))
+        .where(File.run_id.in_(list(run_ids)))
+        .group_by(File.run_id)
+    )
+    files, known = {}, {}
+    for run_id, n, n_known, total in session.execute(query):
+        files[run_id] = n
+        if n_known == n:
+            known[run_id] = round(total)
+    return files, known
 
 
 def run_verdicts(session: Session, run_ids: Collection[int]) -> dict[int, tuple[str, bool]]:
@@ -763,6 +786,12 @@ class Trend(BaseModel):
     quantity: str
     stream: str | None
     points: list[TrendPoint]
+
+
+def has_trend(session: Session, quantity: str) -> bool:
+    """Whether some run has the quantity (one look at the quantity index)."""
+    query = sa.select(DqmTrendPoint.run_id).where(DqmTrendPoint.quantity == quantity).limit(1)
+    return session.scalar(query) is not None
 
 
 def trend_of(session: Session, quantity: str, last: int = 50, stream: str | None = None) -> Trend:
