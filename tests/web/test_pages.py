@@ -45,6 +45,9 @@ def test_recent_runs_page_filters_with_a_plain_form(client: tuple[TestClient, Se
     paged = web.get("/", params={"sort": "number", "per_page": "2", "page": "2"}).text
     assert rows(paged) == [102, 101]
     assert "page=3" in paged and "page=1" in paged
+    # Paging keeps the filters, encoded.
+    done = web.get("/", params={"status": "All Completed", "per_page": "1"}).text
+    assert rows(done) == [101] and "status=All+Completed&amp;per_page=1&amp;page=2" in done
 
 
 def test_run_page_tabs(client: tuple[TestClient, Seeded]) -> None:

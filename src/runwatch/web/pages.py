@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, Response
@@ -138,7 +139,7 @@ def choices(request: Request, name: str, find: Callable[[], list[str]]) -> list[
 
 def page_link(request: Request, page: int) -> str:
     params = dict(request.query_params) | {"page": str(page)}
-    return "/?" + "&".join(f"{k}={v}" for k, v in params.items() if v)
+    return "/?" + urlencode({k: v for k, v in params.items() if v})
 
 
 @router.get("/", response_class=HTMLResponse)
