@@ -50,6 +50,15 @@ def test_run_histograms_and_tasks(client: tuple[TestClient, Seeded]) -> None:
     assert energy["file"] == "/files/Physics/101/merge/RUN.101.merged.root"
     assert energy["reference_file"] == "/files/Physics/100/merge/RUN.100.merged.root"
     assert energy["checks"][0]["verdict"] == "bad"
+    merge = api.get("/api/v1/runs/101/tasks").json()[-1]
+    assert merge["outputs"] == [
+        {
+            "name": "merged",
+            "url": merge["outputs"][0]["url"],
+            "link": "/files/Physics/101/merge/RUN.101.merged.root",
+            "size": merge["outputs"][0]["size"],
+        }
+    ]
     tasks = api.get("/api/v1/runs/102/tasks").json()
     assert [t["state"] for t in tasks] == ["done", "failed", "blocked"]
     task = api.get(f"/api/v1/tasks/{seeded.failed_task}").json()

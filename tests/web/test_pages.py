@@ -110,6 +110,8 @@ def test_jobs_tab_shows_actions_to_shifters_and_above(
     cancel = f'action="/actions/tasks/{seeded.running_task}/cancel"'
     jobs = web.get("/runs/102", params={"tab": "jobs"}).text
     assert "exit code 3" in jobs and "worker-1" in jobs
+    merged = web.get("/runs/101", params={"tab": "jobs"}).text
+    assert '<a href="/files/Physics/101/merge/RUN.101.merged.root"' in merged  # an output
     assert (retry in jobs) is allowed
     assert (cancel in web.get("/runs/104", params={"tab": "jobs"}).text) is allowed
     form = re.search(rf'<form[^>]*{retry}[^>]*><input type="hidden" name="csrf_token"', jobs)

@@ -117,15 +117,19 @@ def get_run_histograms(
 
 
 @router.get("/runs/{number}/tasks", response_model=list[queries.TaskView])
-def get_run_tasks(number: RunNumber, session: ReadSession) -> list[queries.TaskView]:
-    """The run's tasks and their attempts."""
-    return queries.run_jobs(session, the_run(session, number))
+def get_run_tasks(
+    number: RunNumber, session: ReadSession, request: Request
+) -> list[queries.TaskView]:
+    """The run's tasks with their attempts and outputs."""
+    return queries.run_jobs(session, the_run(session, number), linker(request))
 
 
 @router.get("/tasks/{task_id}", response_model=queries.TaskView)
-def get_task(task_id: Annotated[int, Path(ge=0)], session: ReadSession) -> queries.TaskView:
-    """One task with its attempts."""
-    found = queries.task_detail(session, task_id)
+def get_task(
+    task_id: Annotated[int, Path(ge=0)], session: ReadSession, request: Request
+) -> queries.TaskView:
+    """One task with its attempts and outputs."""
+    found = queries.task_detail(session, task_id, linker(request))
     if found is None:
         raise HTTPException(status_code=404, detail=f"no task {task_id}")
     return found

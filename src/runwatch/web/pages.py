@@ -236,7 +236,7 @@ def run_page(request: Request, number: int, tab: str = "base") -> HTMLResponse:
         elif tab == "pmt":
             context["pmt"] = queries.pmt_summary(session, run, CHANGES_SHOWN)
         elif tab == "jobs":
-            context["tasks"] = queries.run_jobs(session, run)
+            context["tasks"] = queries.run_jobs(session, run, link)
     return render(
         request, "run.html", "run", run=summary, tab=tab, tabs=TABS, number=number, **context
     )

@@ -570,6 +570,13 @@ class AttemptView(BaseModel):
     log: str | None
 
 
+class OutputView(BaseModel):
+    name: str
+    url: str
+    link: str | None
+    size: int
+
+
 class TaskView(BaseModel):
     id: int
     key: str
@@ -583,6 +590,7 @@ class TaskView(BaseModel):
     finished_at: dt.datetime | None
     run: int | None = None
     attempts: list[AttemptView]
+    outputs: list[OutputView]
 
 
 def task_view(task: Task, run_number: int | None = None, link: Linker = _no_link) -> TaskView:
@@ -599,6 +607,9 @@ def task_view(task: Task, run_number: int | None = None, link: Linker = _no_link
         finished_at=task.finished_at,
         run=run_number,
         attempts=[attempt_view(a, link) for a in task.attempts],
+        outputs=[
+            OutputView(name=o.name, url=o.url, link=link(o.url), size=o.size) for o in task.outputs
+        ],
     )
 
 
@@ -618,23 +629,24 @@ def attempt_view(attempt: Attempt, link: Linker = _no_link) -> AttemptView:
     )
 
 
-def run_jobs(session: Session, run: Run) -> list[TaskView]:
-    """The run's tasks in planning order, each with its attempts."""
+def run_jobs(session: Session, run: Run, link: Linker = _no_link) -> list[TaskView]:
+    """The run's tasks in planning order, each with its attempts and outputs."""
     query = (
         sa.select(Task)
         .where(Task.run_id == run.id)
-        .options(selectinload(Task.attempts))
+        .options(selectinload(Task.attempts), selectinload(Task.outputs))
         .order_by(Task.id)
     )
-    return [task_view(t, run.number) for t in session.scalars(query)]
+    return [task_view(t, run.number, link) for t in session.scalars(query)]
 
 
-def task_detail(session: Session, task_id: int) -> TaskView | None:
-    task = session.get(Task, task_id, options=[selectinload(Task.attempts)])
+def task_detail(session: Session, task_id: int, link: Linker = _no_link) -> TaskView | None:
+    options = [selectinload(Task.attempts), selectinload(Task.outputs)]
+    task = session.get(Task, task_id, options=options)
     if task is None:
         return None
     number = session.scalar(sa.select(Run.number).where(Run.id == task.run_id))
-    return task_view(task, number)
+    return task_view(task, number, link)
 
 
 # -- keep-up -----------------------------------------------------------------------------
