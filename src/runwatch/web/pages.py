@@ -64,6 +64,7 @@ def _duration(seconds: float | None) -> str:
 templates.env.filters["time"] = _time
 templates.env.filters["duration"] = _duration
 templates.env.filters["css"] = lambda text: str(text).lower().replace(" ", "-")
+templates.env.globals["status_css"] = {s: s.value.lower().replace(" ", "-") for s in RunStatus}
 
 
 def render(
