@@ -113,13 +113,13 @@ def test_a_rerun_wipes_the_earlier_demo(tmp_path: Path) -> None:
 
 
 def test_live_merges_follow_a_run_while_the_simulator_still_writes_it(tmp_path: Path) -> None:
-    """The DAQ writes a run in real time (a file every ~2.5 s); the merge runs every
+    """The DAQ writes a run in real time (a file every ~3.75 s); the merge runs every
     second meanwhile: the shifter sees merged histograms of the run before it ends, and
     the final merge counts each file once."""
     folder = tmp_path / "demo"
     runs = (DemoRun(21, "Physics"),)
     options = DemoOptions(
-        folder, files=4, events_per_file=150, rate_hz=60.0, merge_every="1s", timeout_s=240
+        folder, files=4, events_per_file=150, rate_hz=40.0, merge_every="1s", timeout_s=240
     )
     assert run_demo(options, Console(record=True, width=100), runs)
 
