@@ -13,7 +13,7 @@ from fastapi import HTTPException
 from runwatch.config import Settings
 from runwatch.db import Database
 from runwatch.web.app import create_app
-from runwatch.web.files import contained, serve_file
+from runwatch.web.files import contained, file_link, serve_file
 from tests.web.test_queries import Seeded, TestClient, seed
 
 MERGED = "Physics/101/merge/RUN.101.merged.root"
@@ -38,6 +38,9 @@ def test_a_merged_file_is_served_with_ranges(client: tuple[TestClient, Seeded]) 
     assert whole.content == (seeded.data / MERGED).read_bytes()
     assert whole.headers["accept-ranges"] == "bytes"
     assert whole.headers["content-type"] == "application/octet-stream"
+    head = api.head(f"/files/{MERGED}")
+    assert (head.status_code, head.content) == (200, b"")
+    assert head.headers["content-length"] == str(len(whole.content))
     part = api.get(f"/files/{MERGED}", headers={"Range": "bytes=0-3"})
     assert (part.status_code, part.content) == (206, b"root")
     assert part.headers["content-range"].startswith("bytes 0-3/")
@@ -109,3 +112,11 @@ def test_logs_are_served_from_the_work_root_only(
         )
     assert api.get(f"/tasks/{task['id']}/log.txt").status_code == 404
     assert api.get("/tasks/99999/log.txt").status_code == 404
+
+
+def test_links_are_url_encoded(settings: Settings) -> None:
+    link = file_link(settings)
+    odd = Path(settings.data_root) / "Physics" / "run #1?.root"
+    assert link(str(odd)) == "/files/Physics/run%20%231%3F.root"
+    assert link("/elsewhere/x.root") is None
+    assert link(f"file://{settings.data_root}/../x.root") is None

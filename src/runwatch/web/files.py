@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import mimetypes
 from pathlib import Path
+from urllib.parse import quote
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -73,7 +74,7 @@ def file_link(settings: Settings):  # type: ignore[no-untyped-def]
             return None
         if ".." in path.parts or not path.is_relative_to(base):
             return None
-        return FILES_PREFIX + path.relative_to(base).as_posix()
+        return FILES_PREFIX + quote(path.relative_to(base).as_posix())
 
     return link
 
@@ -86,9 +87,10 @@ def content_type(path: Path) -> str:
     )
 
 
-@router.get("/files/{path:path}", response_class=FileResponse)
+@router.api_route("/files/{path:path}", methods=["GET", "HEAD"], response_class=FileResponse)
 def serve_file(path: str, request: Request) -> FileResponse:
-    """A file under the data root (HTTP ranges supported); 404 for anything else."""
+    """A file under the data root (HTTP ranges supported; HEAD for its size); 404 for
+    anything else."""
     settings: Settings = request.app.state.settings
     found = contained(settings.data_root, path)
     if found is None:
