@@ -107,9 +107,8 @@ def perform(request: Request, action: str, target: str, csrf_given: str | None, 
         detail["ignored_dn_header"] = dn[:255]  # forged, or a proxy missing from the list
     problem = refusal(principal, Role.SHIFTER, csrf_given)
     if problem is not None:
-        with db.session() as session:
-            detail.update(status=problem.status_code, reason=problem.detail)
-            accounts.audit(session, **entry, outcome="refused", detail=detail)
+        detail.update(status=problem.status_code, reason=problem.detail)
+        _record(db, entry, "refused", detail)
         return Outcome(problem.status_code, problem.detail, headers=dict(problem.headers or {}))
     assert principal is not None
     try:
@@ -121,10 +120,15 @@ def perform(request: Request, action: str, target: str, csrf_given: str | None, 
         status, reason = (
             (exc.status, exc.reason) if isinstance(exc, ActionError) else (409, str(exc))
         )
-        with db.session() as session:
-            detail.update(status=status, reason=reason if isinstance(reason, str) else "bad body")
-            accounts.audit(session, **entry, outcome="failed", detail=detail)
+        detail.update(status=status, reason=reason if isinstance(reason, str) else "bad body")
+        _record(db, entry, "failed", detail)
         return Outcome(status, reason)
+
+
+def _record(db: Database, entry: dict[str, Any], outcome: str, detail: dict[str, Any]) -> None:
+    """Audit an attempt that changed nothing, in a transaction of its own."""
+    with db.session() as session:
+        accounts.audit(session, **entry, outcome=outcome, detail=detail)
 
 
 async def _perform(
