@@ -454,3 +454,13 @@ def test_the_audit_log_names_the_client_behind_the_proxy(site: Site) -> None:
         assert client.post("/api/v1/tasks/1/retry").status_code == 401
     entry = audit_entries(site.db)[-1]
     assert entry.remote == OUTSIDER[0] and "client" not in entry.detail
+
+
+@pytest.mark.parametrize("path", ["/", "/login", "/api/v1/whoami", "/api/v1/nothing"])
+def test_no_other_site_may_frame_the_pages(shared: Site, path: str) -> None:
+    with shared.client() as client:
+        headers = client.get(path, headers={"Accept": "text/html"}).headers
+    assert headers["x-frame-options"] == "DENY"
+    assert headers["content-security-policy"] == "frame-ancestors 'none'"
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["referrer-policy"] == "same-origin"
