@@ -83,6 +83,29 @@ def active_pid(db: Database) -> int | None:
         return int(lease.holder.split(":")[1])
 
 
+def living_active_pid(db: Database, timeout: float) -> int:
+    """The pid of the scheduler holding the lease, waiting until a living one does."""
+    found: list[int] = []
+
+    def leading() -> bool:
+        pid = active_pid(db)
+        if pid is None or not _alive(pid):
+            return False
+        found.append(pid)
+        return True
+
+    wait_for(leading, timeout, "a living scheduler holding the lease")
+    return found[-1]
+
+
+def _alive(pid: int) -> bool:
+    """Running (a killed scheduler stays a zombie until the test reaps it)."""
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
 def busy_workers(root: Path) -> list[int]:
     """Workers in the middle of a job: those named in the attempt lock files that are
     held (see runwatch.jobs.worker: a held file holds 'COMMAND_PID WORKER_PID')."""
@@ -156,11 +179,12 @@ def test_kill_minus_nine_at_random_moments_loses_and_duplicates_nothing(tmp_path
                 for pid in busy_workers_soon(root, 5.0):
                     kill(pid)
                     kills["worker"] += 1
-            pid = active_pid(db)
-            if pid is not None:
-                kill(pid)
-                kills["scheduler"] += 1
-                schedulers.append(start_scheduler(root))
+            # The active scheduler, once one leads again: under load a new one takes a
+            # while to start and to take the dead one's lease over.
+            pid = living_active_pid(db, 60.0)
+            kill(pid)
+            kills["scheduler"] += 1
+            schedulers.append(start_scheduler(root))
         feeder.join()
         wait_for(
             lambda: (
