@@ -87,7 +87,7 @@ def content_type(path: Path) -> str:
     )
 
 
-@router.api_route("/files/{path:path}", methods=["GET", "HEAD"], response_class=FileResponse)
+@router.get("/files/{path:path}", response_class=FileResponse)
 def serve_file(path: str, request: Request) -> FileResponse:
     """A file under the data root (HTTP ranges supported; HEAD for its size); 404 for
     anything else."""
@@ -96,6 +96,11 @@ def serve_file(path: str, request: Request) -> FileResponse:
     if found is None:
         raise HTTPException(status_code=404, detail="no such file")
     return FileResponse(found, media_type=content_type(found))
+
+
+# HEAD as a route of its own: one route with both methods gives two OpenAPI operations
+# of the same id.
+router.add_api_route("/files/{path:path}", serve_file, methods=["HEAD"], include_in_schema=False)
 
 
 def attempt_log(request: Request, task_id: int, attempt: int | None) -> tuple[Attempt, Path | None]:
