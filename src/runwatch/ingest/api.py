@@ -18,21 +18,12 @@ from runwatch.config import Settings
 from runwatch.db import Database, utcnow
 from runwatch.ingest.models import MessageStatus, ReceivedMessage
 from runwatch.ingest.service import receive_in_parts
+from runwatch.web.state import app_db, app_settings
 from runwatch.workflow.nudge import nudge, socket_path
 
 SOURCE = "http"
 
 router = APIRouter(prefix="/api/v1", tags=["ingest"])
-
-
-def app_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-def app_db(request: Request) -> Database:
-    db: Database = request.app.state.db
-    return db
 
 
 def require_token(

@@ -26,7 +26,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from runwatch.config import Settings
 from runwatch.db import Database, utcnow
 from runwatch.dqm.alarms import AlarmError, acknowledge
 from runwatch.dqm.models import Alarm
@@ -48,6 +47,7 @@ from runwatch.web.auth import (
 )
 from runwatch.web.login import render
 from runwatch.web.models import Role
+from runwatch.web.state import app_db, app_settings
 from runwatch.workflow.models import Task
 from runwatch.workflow.service import OperatorError, cancel_task, retry_task
 
@@ -88,7 +88,7 @@ Do = Callable[[Session, Principal, dt.datetime], dict[str, Any]]
 def perform(request: Request, action: str, target: str, csrf_given: str | None, do: Do) -> Outcome:
     """Check who asks, do ``do`` if a shifter or above may, and audit the attempt whatever
     its end. ``csrf_given``: the token the request carried."""
-    db: Database = request.app.state.db
+    db = app_db(request)
     principal = current_principal(request)
     now = utcnow()
     entry: dict[str, Any] = {
@@ -180,7 +180,7 @@ TASK_ACTIONS: dict[str, Callable[[Session, int, dt.datetime], Task]] = {
 
 
 def _ack_hours(request: Request) -> float:
-    settings: Settings = request.app.state.settings
+    settings = app_settings(request)
     return settings.alarms.ack_hours
 
 
@@ -317,7 +317,7 @@ def audit_api(
     principal: Principal = Depends(require_role(Role.ADMIN)),
 ) -> dict[str, list[dict[str, Any]]]:
     """The audit log, newest first (admin)."""
-    db: Database = request.app.state.db
+    db = app_db(request)
     with db.read_session() as session:
         entries = accounts.read_audit(
             session, limit=limit, actor=actor, action=action, outcome=outcome
@@ -332,7 +332,7 @@ def audit_page(
     principal: Principal = Depends(require_role(Role.ADMIN)),
 ) -> Response:
     """The audit log as a table (admin)."""
-    db: Database = request.app.state.db
+    db = app_db(request)
     with db.read_session() as session:
         entries = [accounts.audit_dict(e) for e in accounts.read_audit(session, limit=limit)]
     return render(request, "auth/audit.html", entries=entries)

@@ -15,20 +15,20 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from sqlalchemy.orm import Session
 
 from runwatch.catalogue.models import Run, RunStatus
-from runwatch.db import Database
 from runwatch.dqm.alarms import LIVE
 from runwatch.dqm.models import AlarmState
 from runwatch.dqm.trends import quantities
 from runwatch.web import queries
 from runwatch.web.auth import require_read
 from runwatch.web.files import file_link
+from runwatch.web.state import app_db, app_settings
 
 router = APIRouter(prefix="/api/v1", tags=["read"], dependencies=[Depends(require_read)])
 
 
 def read_session(request: Request) -> Iterator[Session]:
     """A read-only session for one request."""
-    db: Database = request.app.state.db
+    db = app_db(request)
     with db.read_session() as session:
         yield session
 
@@ -84,7 +84,7 @@ def the_run(session: Session, number: int) -> Run:
 
 
 def linker(request: Request) -> queries.Linker:
-    link: queries.Linker = file_link(request.app.state.settings)
+    link: queries.Linker = file_link(app_settings(request))
     return link
 
 

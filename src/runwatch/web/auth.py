@@ -55,10 +55,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runwatch.config import Settings
-from runwatch.db import Database, utcnow
+from runwatch.db import utcnow
 from runwatch.web import accounts
 from runwatch.web.models import Role
+from runwatch.web.state import app_db, app_settings
 
 SESSION_COOKIE = "runwatch_session"
 LOGIN_CSRF_COOKIE = "runwatch_login_csrf"  # the login form's token, before any session
@@ -76,16 +76,6 @@ class Principal:
     role: Role
     via: str  # "session", "token" or "x509"
     csrf: str = ""  # the session's CSRF token ("" for tokens; derived for x509)
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-def _db(request: Request) -> Database:
-    db: Database = request.app.state.db
-    return db
 
 
 def _key(request: Request) -> bytes:
@@ -194,7 +184,7 @@ def unsign(key: bytes, value: str) -> dict[str, Any] | None:
 def start_session(request: Request, response: Response, name: str, role: Role) -> None:
     """Log ``name`` in: set the signed session cookie (HttpOnly, SameSite=Lax, Secure per
     ``[web] cookie_secure``) with a fresh CSRF token, and drop the login form's token."""
-    web = _settings(request).web
+    web = app_settings(request).web
     seconds = int(web.session_hours * 3600)
     now = time.time()
     payload = {
@@ -220,7 +210,7 @@ def set_cookie(request: Request, response: Response, name: str, value: str, seco
         path="/",
         httponly=True,
         samesite="lax",
-        secure=_settings(request).web.cookie_secure,
+        secure=app_settings(request).web.cookie_secure,
     )
 
 
@@ -239,7 +229,7 @@ def _session_principal(request: Request) -> Principal | None:
     if payload is None or not isinstance(payload.get("user"), str):
         return None
     issued = dt.datetime.fromtimestamp(float(payload.get("iat", 0)), dt.UTC)
-    with _db(request).read_session() as session:
+    with app_db(request).read_session() as session:
         user = accounts.active_user(session, payload["user"])
         if user is None or accounts.logged_out_since(session, user.name, issued):
             return None
@@ -255,7 +245,7 @@ def bearer_token(request: Request) -> str | None:
 
 
 def _token_principal(request: Request, token: str) -> Principal | None:
-    db = _db(request)
+    db = app_db(request)
     with db.read_session() as session:
         row = accounts.find_token(session, token)
         if row is None:
@@ -287,7 +277,7 @@ def peer_address(request: Request) -> str | None:
 
 def from_trusted_proxy(request: Request) -> bool:
     peer = peer_address(request)
-    proxies = tuple(_settings(request).web.trusted_proxies)
+    proxies = tuple(app_settings(request).web.trusted_proxies)
     if peer is None or not proxies:
         return False
     try:
@@ -307,7 +297,7 @@ def client_address(request: Request) -> str:
 
 
 def _x509_principal(request: Request, key: bytes) -> Principal | None:
-    web = _settings(request).web
+    web = app_settings(request).web
     dn = request.headers.get(web.dn_header, "").strip()
     if not dn or not from_trusted_proxy(request):
         return None
@@ -322,7 +312,7 @@ def _x509_principal(request: Request, key: bytes) -> Principal | None:
 
 def ignored_dn(request: Request) -> str | None:
     """A DN header sent from an address that is no trusted proxy (ignored; worth auditing)."""
-    dn = request.headers.get(_settings(request).web.dn_header)
+    dn = request.headers.get(app_settings(request).web.dn_header)
     return dn if dn and not from_trusted_proxy(request) else None
 
 
@@ -347,7 +337,7 @@ def current_principal(request: Request) -> Principal | None:
 def require_read(request: Request) -> Principal | None:
     """Read access: anyone when the pages are public, else a logged-in principal."""
     principal = current_principal(request)
-    if principal is None and not _settings(request).web.public_read:
+    if principal is None and not app_settings(request).web.public_read:
         raise HTTPException(
             status_code=401, detail="log in to read", headers={"WWW-Authenticate": "Bearer"}
         )

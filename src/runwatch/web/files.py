@@ -19,9 +19,9 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse
 
 from runwatch.config import Settings
-from runwatch.db import Database
 from runwatch.storage.urls import URLError, url_to_path
 from runwatch.web.auth import require_read
+from runwatch.web.state import app_db, app_settings
 from runwatch.workflow.models import Attempt
 
 router = APIRouter(tags=["files"], dependencies=[Depends(require_read)])
@@ -91,7 +91,7 @@ def content_type(path: Path) -> str:
 def serve_file(path: str, request: Request) -> FileResponse:
     """A file under the data root (HTTP ranges supported; HEAD for its size); 404 for
     anything else."""
-    settings: Settings = request.app.state.settings
+    settings = app_settings(request)
     found = contained(settings.data_root, path)
     if found is None:
         raise HTTPException(status_code=404, detail="no such file")
@@ -106,8 +106,8 @@ router.add_api_route("/files/{path:path}", serve_file, methods=["HEAD"], include
 def attempt_log(request: Request, task_id: int, attempt: int | None) -> tuple[Attempt, Path | None]:
     """The attempt (the task's latest without ``attempt``) and its log file, when that is a
     file under the work root; 404 for an unknown task or attempt."""
-    settings: Settings = request.app.state.settings
-    db: Database = request.app.state.db
+    settings = app_settings(request)
+    db = app_db(request)
     query = sa.select(Attempt).where(Attempt.task_id == task_id)
     if attempt is not None:
         query = query.where(Attempt.number == attempt)

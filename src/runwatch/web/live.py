@@ -58,6 +58,7 @@ from runwatch.db import Database
 from runwatch.dqm.models import Alarm, AlarmEvent, DqmMerge
 from runwatch.web import queries
 from runwatch.web.auth import require_read
+from runwatch.web.state import app_db
 
 POLL_SECONDS = 1.0
 HEARTBEAT_SECONDS = 15.0
@@ -247,7 +248,7 @@ async def event_stream(request: Request, db: Database) -> AsyncIterator[str]:
 async def events(request: Request) -> StreamingResponse:
     """Server-sent events (``text/event-stream``): ``run``, ``merge`` and ``alarm``, as
     they happen, for the pages to update themselves without reloading."""
-    db: Database = request.app.state.db
+    db = app_db(request)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(
         event_stream(request, db), media_type="text/event-stream", headers=headers

@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
-from runwatch.db import Database, utcnow
+from runwatch.db import utcnow
 from runwatch.web import accounts
 from runwatch.web.auth import (
     CSRF_FIELD,
@@ -39,6 +39,7 @@ from runwatch.web.auth import (
     start_session,
 )
 from runwatch.web.models import Role
+from runwatch.web.state import app_db
 
 router = APIRouter(tags=["auth"])
 TEMPLATES = Path(__file__).parent / "templates"
@@ -132,7 +133,7 @@ async def login(request: Request) -> Response:
 
 
 def _login(request: Request, fields: dict[str, str]) -> Response:
-    db: Database = request.app.state.db
+    db = app_db(request)
     name, next = fields.get("name", "").strip(), fields.get("next", "/")
     client = client_address(request)
     entry: dict[str, Any] = {
@@ -182,7 +183,7 @@ def _logout(request: Request, given: str) -> Response:
     response = RedirectResponse("/", status_code=303)
     if principal is None or principal.via != "session":
         return response  # nothing to end: tokens and certificates have no session
-    db: Database = request.app.state.db
+    db = app_db(request)
     allowed = csrf_matches(principal, given)
     with db.session() as session:
         accounts.audit(

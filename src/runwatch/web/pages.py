@@ -24,7 +24,6 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from runwatch.catalogue.models import RunStatus
-from runwatch.db import Database
 from runwatch.dqm.histogram import HistogramFileError, read_file
 from runwatch.dqm.trends import quantities
 from runwatch.storage.urls import URLError, url_to_path
@@ -33,6 +32,7 @@ from runwatch.web.api_v1 import RunFilters, alarm_states, linker
 from runwatch.web.auth import Principal, csrf_token, current_principal, require_read
 from runwatch.web.files import attempt_log
 from runwatch.web.models import Role
+from runwatch.web.state import app_db
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["pages"], dependencies=[Depends(require_read)], include_in_schema=False)
@@ -90,11 +90,6 @@ def not_found(request: Request, what: str) -> HTMLResponse:
     return render(request, "not_found.html", "", status_code=404, what=what)
 
 
-def session_of(request: Request) -> Database:
-    db: Database = request.app.state.db
-    return db
-
-
 # -- recent runs -------------------------------------------------------------------------
 
 
@@ -146,7 +141,7 @@ def page_link(request: Request, page: int) -> str:
 @router.get("/", response_class=HTMLResponse)
 def runs_page(request: Request) -> HTMLResponse:
     filters = form_filters(request.query_params)
-    with session_of(request).read_session() as session:
+    with app_db(request).read_session() as session:
         found = filters.query(session)
         streams = choices(request, "streams", lambda: queries.streams(session))
     return render(
@@ -224,7 +219,7 @@ def run_page(request: Request, number: int, tab: str = "base") -> HTMLResponse:
     tab = tab if tab in TABS else "base"
     link = linker(request)
     context: dict[str, Any] = {}
-    with session_of(request).read_session() as session:
+    with app_db(request).read_session() as session:
         summary = queries.run_summary(session, number, link)
         run = queries.find_run(session, number)
         if summary is None or run is None:
@@ -249,7 +244,7 @@ def run_page(request: Request, number: int, tab: str = "base") -> HTMLResponse:
 @router.get("/alarms", response_class=HTMLResponse)
 def alarms_page(request: Request, state: str = "live") -> HTMLResponse:
     state = state if state in ("live", "all", "open", "acknowledged", "cleared") else "live"
-    with session_of(request).read_session() as session:
+    with app_db(request).read_session() as session:
         found = queries.alarms(session, alarm_states(state), limit=500)
     return render(request, "alarms.html", "alarms", alarms=found, state=state)
 
@@ -294,7 +289,7 @@ def trends_page(
     request: Request, quantity: str = "", stream: str = "", last: str = "50"
 ) -> HTMLResponse:
     n = _number(last, 1, 5000) or 50
-    with session_of(request).read_session() as session:
+    with app_db(request).read_session() as session:
         known = choices(request, "quantities", lambda: quantities(session))
         streams = choices(request, "streams", lambda: queries.streams(session))
         chosen = quantity if quantity in known else (known[0] if known else "")
@@ -315,7 +310,7 @@ def trends_page(
 
 @router.get("/keepup", response_class=HTMLResponse)
 def keepup_page(request: Request) -> HTMLResponse:
-    with session_of(request).read_session() as session:
+    with app_db(request).read_session() as session:
         found = queries.keepup(session, dt.datetime.now(dt.UTC))
     peak = max(found.done_per_hour, default=0) or 1
     return render(request, "keepup.html", "keepup", keepup=found, peak=peak)
@@ -333,7 +328,7 @@ def log_text(path: Path | None, tail: str | None) -> tuple[str, bool]:
 
 @router.get("/tasks/{task_id}/log", response_class=HTMLResponse)
 def log_page(request: Request, task_id: int, attempt: int | None = None) -> Response:
-    with session_of(request).read_session() as session:
+    with app_db(request).read_session() as session:
         task = queries.task_detail(session, task_id)
     if task is None:
         return not_found(request, f"task {task_id}")

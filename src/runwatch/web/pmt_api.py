@@ -43,11 +43,11 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
 from runwatch.catalogue.models import Run
 from runwatch.config import Settings
-from runwatch.db import Database
 from runwatch.dqm.models import DqmPmtStatus
 from runwatch.dqm.pmtstatus import CLASSES, CutsError, PmtStatus, status_from_fraction
 from runwatch.dqm.service import changed_since_previous_good, stored_status
 from runwatch.web.auth import require_read
+from runwatch.web.state import app_db, app_settings
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +199,8 @@ def run_pmt_map(
     """A run's PMTs for the map: angles, fired fraction and class per PMT (arrays by PMT
     id), counts per class, the cuts, and the class changes since the previous good run.
     Cuts given as query parameters reclassify the PMTs (over the run's own cuts)."""
-    settings: Settings = request.app.state.settings
-    db: Database = request.app.state.db
+    settings = app_settings(request)
+    db = app_db(request)
     asked = _requested_cuts(dead, hot, normal_low, normal_high)
     with db.read_session() as session:
         run = session.scalar(sa.select(Run).where(Run.number == number))
