@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,17 @@ from typer.testing import CliRunner
 from runwatch.catalogue.models import File, Run
 from runwatch.cli import build
 from runwatch.db import Database, utcnow
-from runwatch.jobs.wrapper import EXIT_FAILED, EXIT_OK, command_argv, run_attempt
+from runwatch.jobs.wrapper import (
+    EXIT_FAILED,
+    EXIT_OK,
+    claim,
+    command_argv,
+    run_attempt,
+    run_claimed,
+)
 from runwatch.storage.checksum import adler32_file
 from runwatch.workflow.models import Attempt, PipelineRevision, Task, TaskOutput
+from runwatch.workflow.nudge import NUDGE_ENV, NudgeListener, socket_path
 from runwatch.workflow.service import cancel_task
 from runwatch.workflow.states import AttemptState, TaskState
 
@@ -469,3 +478,36 @@ def test_a_claim_that_fails_half_way_changes_nothing(
     attempt, task, _ = attempt_row(any_db, attempt_id)
     assert (attempt.state, task.state) == (AttemptState.SUBMITTED, TaskState.SUBMITTED)
     assert attempt.host is None
+
+
+# -- waking the scheduler -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "deep_queue", "woken"),
+    [
+        ("true", False, True),  # the queue runs low: the scheduler refills it
+        ("true", True, False),  # a deep queue: nothing for the scheduler to add
+        ("exit 3", True, True),  # a failure always: it decides the retry
+    ],
+)
+def test_a_worker_wakes_the_scheduler_only_when_needed(
+    db: Database,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+    deep_queue: bool,
+    woken: bool,
+) -> None:
+    nudged = threading.Event()
+    listener = NudgeListener(socket_path(tmp_path / "sched"), nudged.set)
+    assert listener.start()
+    monkeypatch.setenv(NUDGE_ENV, listener.path)
+    try:
+        attempt_id = make_attempt(db, tmp_path, command, outputs={})
+        claimed = claim(db, attempt_id, HOST)
+        assert claimed is not None
+        run_claimed(db, attempt_id, claimed, handle_signals=False, nudge_if=lambda: not deep_queue)
+        assert nudged.wait(0.5 if woken else 0.2) is woken
+    finally:
+        listener.stop()

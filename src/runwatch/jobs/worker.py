@@ -254,8 +254,17 @@ class Worker:
                     on_start=lambda pid: note_command(lock, pid),
                     handle_signals=False,
                     discard=self.trash.discard,
+                    nudge_if=self.queue_runs_low,
                 )
         return True
+
+    def queue_runs_low(self) -> bool:
+        """Whether to wake the scheduler after a success: only when fewer attempts than
+        slots are left of this worker's last read of the queue. While the queue is deep
+        the scheduler has nothing to add (it refills in batches), and its own polling
+        (``[scheduler] poll_seconds``) sees the runs' progress; a wake per finished job
+        made it read the database once per task for nothing."""
+        return len(self.pending) < self.slots
 
     def drain(self, signum: int, _frame: FrameType | None) -> None:
         log.info("worker %d: %s; exiting after the running attempt", self.index, signum)

@@ -178,10 +178,12 @@ def run_claimed(
     on_start: Callable[[int], None] | None = None,
     handle_signals: bool = True,
     discard: Callable[[Path], None] | None = None,
+    nudge_if: Callable[[], bool] | None = None,
 ) -> int:
     """Run a claimed attempt and record it; ``on_start`` gets the command's pid. With
     ``handle_signals``, SIGTERM/SIGINT kill the command and the attempt is recorded as
-    killed (the wrapper); a long-lived worker handles its signals itself."""
+    killed (the wrapper); a long-lived worker handles its signals itself. ``nudge_if``
+    says whether a success is worth waking the scheduler for (default: always)."""
     log.info("attempt %d: claimed on %s (pid %d)", attempt_id, socket.gethostname(), os.getpid())
     job = AttemptRun(db, attempt_id, on_start, discard)
     with job.signals_handled() if handle_signals else contextlib.nullcontext():
@@ -190,7 +192,7 @@ def run_claimed(
         if outcome is None:
             log.warning("attempt %d was given up while running; nothing recorded", attempt_id)
             return EXIT_OK
-        return record(db, attempt_id, outcome, policy, claimed)
+        return record(db, attempt_id, outcome, policy, claimed, nudge_if)
 
 
 def record(
@@ -199,6 +201,7 @@ def record(
     outcome: AttemptOutcome,
     policy: RetryPolicy,
     claimed: Claim | None = None,
+    nudge_if: Callable[[], bool] | None = None,
 ) -> int:
     """Record the outcome, nudge the scheduler, pick the exit code.
 
@@ -219,7 +222,8 @@ def record(
         except Exception:
             log.exception("attempt %d: cannot record its failure either", attempt_id)
             return EXIT_UNRECORDED
-    nudge(os.environ.get(NUDGE_ENV))
+    if outcome.state is not AttemptState.SUCCEEDED or nudge_if is None or nudge_if():
+        nudge(os.environ.get(NUDGE_ENV))
     if not recorded:
         log.warning("attempt %d: its fate was decided elsewhere; not recorded", attempt_id)
         return EXIT_OK
