@@ -432,6 +432,7 @@ def _where_to_look(
         "  runwatch dqm checks 1003  # a run's check results, with their reasons",
         "  runwatch dqm pmt 1003     # its PMT classes, and what changed since a good run",
         "  runwatch dqm alarms list  # what the shifter is asked to look at",
+        "  runwatch serve            # the web site, at http://127.0.0.1:8080/",
         "In that folder:",
         "  dropbox/        raw files (.rtraw) and their messages",
         "  data/           step outputs: calib, rec, hist and merged ROOT files",
