@@ -14,11 +14,8 @@ cd "$(dirname "$0")/.."
 frontend=src/runwatch/web/frontend
 vendor=src/runwatch/web/static/vendor
 
-if ! command -v npm >/dev/null; then
-  echo "build-web: npm not found; installing Debian's nodejs and npm" >&2
-  if [ "$(id -u)" -eq 0 ]; then apt-get install -y -q nodejs npm >/dev/null
-  else sudo apt-get install -y -q nodejs npm >/dev/null; fi
-fi
+source scripts/lib/apt.sh
+command -v npm >/dev/null || apt_install nodejs npm
 
 (cd "$frontend" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
 

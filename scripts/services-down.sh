@@ -9,7 +9,8 @@ set -euo pipefail
 ALL_SERVICES=(postgres mariadb rabbitmq)
 
 # Root runs the commands itself; anyone else through sudo.
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+# shellcheck source=lib/apt.sh
+source "$(dirname "$0")/lib/apt.sh"
 
 log() { echo "[services-down] $*"; }
 die() { echo "[services-down] error: $*" >&2; exit 1; }

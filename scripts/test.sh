@@ -69,10 +69,8 @@ begin install
 # The browser tests drive Debian's Chromium (never a browser downloaded by playwright) and
 # need the front end built (JSROOT from npm into src/runwatch/web/static/vendor/).
 begin frontend
-if [ ! -x /usr/bin/chromium ]; then
-  if [ "$(id -u)" -eq 0 ]; then apt-get install -y -q chromium >/dev/null
-  else sudo apt-get install -y -q chromium >/dev/null; fi
-fi
+source scripts/lib/apt.sh
+apt_install chromium
 bash scripts/build-web.sh
 
 begin services
