@@ -43,6 +43,7 @@ from runwatch.catalogue.models import Run
 from runwatch.db import Database, utcnow
 from runwatch.dqm.models import DqmMerge, DqmPmtStatus
 from runwatch.dqm.pmtstatus import DEFAULT_CUTS, status_from_fraction
+from runwatch.dqm.service import fill_pmt_status
 from runwatch.workflow.models import Attempt, Task, TaskOutput
 
 N_PMT = 17_612
@@ -98,17 +99,9 @@ def seed_pmt_status(db: Database, numbers: list[int], seed: int) -> None:
             fraction = rng.normal(0.1, 0.003, N_PMT).clip(0, 1).astype(np.float32)
             fraction[rng.choice(N_PMT, 30, replace=False)] = 0.0
             status = status_from_fraction(fraction, DEFAULT_CUTS, 1_600_000)
-            session.add(
-                DqmPmtStatus(
-                    run_id=run.id,
-                    merge_id=merge.id,
-                    n_events=1_600_000,
-                    cuts={k: float(v) for k, v in vars(DEFAULT_CUTS).items()},
-                    counts={cls.value: n for cls, n in status.counts().items()},
-                    fractions=fraction.tobytes(),
-                    classes=status.codes.astype(np.int8).tobytes(),
-                )
-            )
+            row = DqmPmtStatus(run_id=run.id)
+            fill_pmt_status(row, merge.id, status, DEFAULT_CUTS, now)
+            session.add(row)
 
 
 @contextlib.contextmanager

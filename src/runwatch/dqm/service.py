@@ -281,15 +281,22 @@ def store_pmt_status(
         log.warning("run %d: no PMT status: %s", run.number, exc)
         return None
     row = session.get(DqmPmtStatus, run.id) or DqmPmtStatus(run_id=run.id)
-    row.merge_id = merge.id
+    fill_pmt_status(row, merge.id, status, cuts, now)
+    session.add(row)
+    return status
+
+
+def fill_pmt_status(
+    row: DqmPmtStatus, merge_id: int, status: PmtStatus, cuts: Cuts, now: dt.datetime
+) -> None:
+    """Store ``status`` in ``row``: the arrays as bytes, the counts and cuts as JSON."""
+    row.merge_id = merge_id
     row.n_events = status.n_events or 0
     row.cuts = {k: float(v) for k, v in vars(cuts).items()}
     row.counts = {cls.value: n for cls, n in status.counts().items()}
     row.fractions = status.fraction.astype(np.float32).tobytes()
     row.classes = status.codes.astype(np.int8).tobytes()
     row.evaluated_at = now
-    session.add(row)
-    return status
 
 
 def _store_results(
