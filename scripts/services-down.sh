@@ -58,6 +58,15 @@ stop_rabbitmq() {
   log "rabbitmq: stopped"
 }
 
+# Services with a file of their own (scripts/services/NAME.sh) define install_NAME,
+# start_NAME, stop_NAME and env_NAME (the test settings to export), and add NAME to
+# ALL_SERVICES.
+for service_file in "$(dirname "$0")"/services/*.sh; do
+  [ -e "$service_file" ] || continue
+  # shellcheck source=/dev/null
+  source "$service_file"
+done
+
 main() {
   local services=("$@") name
   [ ${#services[@]} -eq 0 ] && services=("${ALL_SERVICES[@]}")

@@ -107,6 +107,15 @@ start_rabbitmq() {
   log "rabbitmq: started"
 }
 
+# Services with a file of their own (scripts/services/NAME.sh) define install_NAME,
+# start_NAME, stop_NAME and env_NAME (the test settings to export), and add NAME to
+# ALL_SERVICES.
+for service_file in "$(dirname "$0")"/services/*.sh; do
+  [ -e "$service_file" ] || continue
+  # shellcheck source=/dev/null
+  source "$service_file"
+done
+
 main() {
   local services=("$@") name
   [ ${#services[@]} -eq 0 ] && services=("${ALL_SERVICES[@]}")
@@ -122,6 +131,7 @@ main() {
       postgres) echo "  export RUNWATCH_TEST_POSTGRES_URL=postgresql+psycopg://ci:ci@127.0.0.1/citest" ;;
       mariadb) echo "  export RUNWATCH_TEST_MARIADB_URL=mysql+pymysql://ci:ci@127.0.0.1/citest" ;;
       rabbitmq) echo "  export RUNWATCH_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2F" ;;
+      *) declare -F "env_$name" >/dev/null && "env_$name" | sed 's/^/  export /' ;;
     esac
   done
 }

@@ -188,6 +188,93 @@ class WebSettings(BaseModel):
     )
 
 
+class HTCondorSettings(BaseModel):
+    """The HTCondor executor (``scheduler.executor = "htcondor"``), through ``htcondor2``."""
+
+    schedd: str = Field("", description="Name of the schedd to submit to; empty: the local one.")
+    collector: str = Field(
+        "",
+        description="host:port of the collector that locates the schedd; empty: the "
+        "pool's own (CONDOR_CONFIG).",
+    )
+    slots: int = Field(
+        1000, ge=1, description="Thread slots runwatch may fill in the pool at once."
+    )
+    queue_ahead: int = Field(
+        200, ge=0, description="Threads' worth of jobs kept idle in the queue beyond the slots."
+    )
+    accounting_group: str = Field(
+        "", description="accounting_group of every job (a step's submit.htcondor may override)."
+    )
+    accounting_group_user: str = Field("", description="accounting_group_user of every job.")
+    submit: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra submit-description lines for every job (e.g. requirements); a "
+        "step's submit.htcondor adds to and overrides them.",
+    )
+
+
+class SlurmSettings(BaseModel):
+    """The Slurm executor (``scheduler.executor = "slurm"``): sbatch, squeue, scontrol,
+    scancel."""
+
+    partition: str = Field("", description="Partition (sbatch --partition); empty: the default.")
+    account: str = Field("", description="Account (sbatch --account); empty: none.")
+    qos: str = Field("", description="Quality of service (sbatch --qos); empty: none.")
+    slots: int = Field(
+        1000, ge=1, description="Thread slots runwatch may fill in the cluster at once."
+    )
+    queue_ahead: int = Field(
+        200, ge=0, description="Threads' worth of jobs kept pending beyond the slots."
+    )
+    sbatch_options: list[str] = Field(
+        default_factory=list,
+        description="Extra sbatch options for every job (e.g. --constraint=avx2); a step's "
+        "submit.slurm adds to them.",
+    )
+    bin_dir: str = Field("", description="Folder of the Slurm commands; empty: found on PATH.")
+
+
+class WorkerSettings(BaseModel):
+    """How a job on a batch node starts the wrapper and reports how its attempt went."""
+
+    command: str = Field(
+        "",
+        description="Command that runs runwatch on a worker node (e.g. a venv's bin/runwatch); "
+        "empty: the scheduler's own Python with -m runwatch.",
+    )
+    report: str = Field(
+        "database",
+        pattern="^(database|http)$",
+        description="database: the wrapper writes to the database itself (inside the "
+        "firewall); http: it reports through the web server's API with a token that is good "
+        "for its own attempt only (worker nodes outside the firewall).",
+    )
+    api_url: str = Field("", description="Base URL of runwatch's web server, for report = http.")
+    token_secret_file: str = Field(
+        "",
+        description="File holding the secret that signs attempt tokens (shared by the "
+        "scheduler and the web server); empty: <work_root>/secrets/attempt-token.key, "
+        "made on first use.",
+    )
+    report_retry_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="How long a worker that cannot reach the server keeps its report and "
+        "retries (with backoff) before giving up.",
+    )
+
+
+class StorageSettings(BaseModel):
+    """Copies of inputs and outputs by URL (file://, root://, https://)."""
+
+    retries: int = Field(3, ge=0, description="Retries of a failed copy (with backoff).")
+    backoff_seconds: float = Field(2.0, ge=0, description="First retry delay; doubles.")
+    timeout_seconds: float = Field(
+        600.0, gt=0, description="Longest a single copy may take before it counts as failed."
+    )
+
+
 class Settings(BaseSettings):
     """All of runwatch's settings."""
 
@@ -206,6 +293,10 @@ class Settings(BaseSettings):
     dqm: DqmSettings = Field(default_factory=DqmSettings)
     alarms: AlarmSettings = Field(default_factory=AlarmSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    htcondor: HTCondorSettings = Field(default_factory=HTCondorSettings)
+    slurm: SlurmSettings = Field(default_factory=SlurmSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -229,6 +320,9 @@ class Settings(BaseSettings):
             data[key] = str((base / data[key]).resolve())
         if data["ingest"]["dropbox"]:
             data["ingest"]["dropbox"] = str((base / data["ingest"]["dropbox"]).resolve())
+        if data["worker"]["token_secret_file"]:
+            secret = base / data["worker"]["token_secret_file"]
+            data["worker"]["token_secret_file"] = str(secret.resolve())
         if data["dqm"]["checks"]:
             data["dqm"]["checks"] = str((base / data["dqm"]["checks"]).resolve())
         url: str = data["database_url"]
@@ -243,6 +337,10 @@ class Settings(BaseSettings):
                 "dqm": DqmSettings(**data["dqm"]),
                 "alarms": AlarmSettings(**data["alarms"]),
                 "web": WebSettings(**data["web"]),
+                "htcondor": HTCondorSettings(**data["htcondor"]),
+                "slurm": SlurmSettings(**data["slurm"]),
+                "worker": WorkerSettings(**data["worker"]),
+                "storage": StorageSettings(**data["storage"]),
             }
         )
 

@@ -78,6 +78,23 @@ def test_full_pipeline_parses_into_steps_in_file_order() -> None:
     assert (merge.memory_mb, merge.timeout_s) == (1536, 1800.0)
 
 
+def test_disk_and_batch_extras_parse() -> None:
+    text = _edit(
+        '    command: "cp',
+        "    disk: 1.5GB\n"
+        "    submit:\n"
+        "      htcondor: {requirements: 'Arch == \"X86_64\"', +JunoJob: true}\n"
+        "      slurm: [--qos=high, --constraint=avx2]\n"
+        '    command: "cp',
+    )
+    calib = parse_pipeline(text, "/pipes/keepup.yaml").steps["calib"]
+    assert calib.disk_mb == 1536
+    assert calib.submit == {
+        "htcondor": {"requirements": 'Arch == "X86_64"', "+JunoJob": "true"},
+        "slurm": ["--qos=high", "--constraint=avx2"],
+    }
+
+
 def test_name_defaults_to_the_file_stem_and_merge_keys_work() -> None:
     text = """\
 streams: Physics
@@ -272,6 +289,24 @@ def _edit(old: str, new: str) -> str:
             4,
             "steps.calib.memory",
             ["512MB or 2GB", "'lots'"],
+        ),
+        (
+            _edit('    command: "cp', '    disk: big\n    command: "cp'),
+            4,
+            "steps.calib.disk",
+            ["512MB or 2GB", "'big'"],
+        ),
+        (
+            _edit('    command: "cp', '    submit: {slurm: [qos]}\n    command: "cp'),
+            4,
+            "steps.calib.submit.slurm",
+            ["--qos=high", "'qos'"],
+        ),
+        (
+            _edit('    command: "cp', '    submit: {htcondor: {rank: [a]}}\n    command: "cp'),
+            4,
+            "steps.calib.submit.htcondor.rank",
+            ["a single value"],
         ),
         (
             _edit('    command: "cp', '    timeout: soon\n    command: "cp'),

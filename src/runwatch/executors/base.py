@@ -14,10 +14,10 @@ earlier process from ``external_id`` alone (store what you need in it).
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from runwatch.config import Settings
 
@@ -35,6 +35,10 @@ class JobRequest:
     log_path: str
     argv: Sequence[str]
     env: dict[str, str] = field(default_factory=dict)
+    disk_mb: int = 0  # scratch disk to ask for; 0: the batch system's default
+    # The step's extra batch settings by executor name (pipeline ``submit:``): an executor
+    # reads its own entry, e.g. submit["htcondor"] (dict) or submit["slurm"] (list).
+    submit: Mapping[str, Any] = field(default_factory=dict)
 
 
 class JobStatus(enum.StrEnum):

@@ -29,6 +29,7 @@ import psutil
 
 from runwatch.config import Settings
 from runwatch.executors.base import JobInfo, JobRequest, JobStatus
+from runwatch.jobs.environment import DATABASE_URL_ENV
 from runwatch.jobs.worker import (
     attempt_lock_path,
     try_lock,
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 
 PREFIX = "local"
 CANCEL_GRACE_S = 5.0  # SIGTERM first, so that a step can flush; SIGKILL after this
-DATABASE_URL_ENV = "RUNWATCH_DATABASE_URL"  # not in argv: ps would show a password
 
 
 def external_id(attempt_id: int) -> str:
@@ -114,6 +114,7 @@ class LocalExecutor:
         ]
         if self.idle_exit_s is not None:
             argv.append(f"--idle-exit={self.idle_exit_s}")
+        # The workers run inside the firewall: they always write to the database.
         env = {
             **os.environ,
             DATABASE_URL_ENV: self.settings.database_url,

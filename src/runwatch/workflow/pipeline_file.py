@@ -41,6 +41,7 @@ STEP_KEYS = (
     "command",
     "threads",
     "memory",
+    "disk",
     "retries",
     "timeout",
     "outputs",
@@ -49,6 +50,7 @@ STEP_KEYS = (
     "dqm",
     "sample_fraction",
     "params",
+    "submit",
 )
 SCOPES: tuple[Scope, ...] = ("file", "run")
 # Names go into task keys ("pipeline/step/file:ID") and database columns of 128 characters.
@@ -383,10 +385,45 @@ class _StepParser:
             )
 
     def key_memory(self, node: Node, field: str, scope: Scope) -> None:
+        self.values["memory_mb"] = self.megabytes(node, field)
+
+    def key_disk(self, node: Node, field: str, scope: Scope) -> None:
+        self.values["disk_mb"] = self.megabytes(node, field)
+
+    def key_submit(self, node: Node, field: str, scope: Scope) -> None:
+        """Extra batch settings: ``htcondor`` submit lines (a mapping of names to scalar
+        values), ``slurm`` sbatch options (a list of ``--name[=value]``); any other
+        executor's entry is kept as given, for its plugin to check."""
+        entries = self.p.mapping(node, field, "a mapping of executor names to their settings")
+        submit: dict[str, Any] = {}
+        for name, entry in entries.items():
+            where = f"{field}.{name}"
+            if name == "htcondor":
+                lines = self.p.mapping(entry.value, where, "a mapping of submit commands")
+                submit[name] = {}
+                for key, line in lines.items():
+                    value = self.p.value(line.value)
+                    if isinstance(value, dict | list) or value is None:
+                        self.p.fail(line.value, f"{where}.{key}", "expected a single value")
+                    # YAML's true/false become HTCondor's true/false, not Python's True/False
+                    text = str(value).lower() if isinstance(value, bool) else str(value)
+                    submit[name][key] = text
+            elif name == "slurm":
+                options = self.p.names(entry.value, where, "sbatch options")
+                for option, option_node in options:
+                    if not option.startswith("--"):
+                        problem = f"expected an option like --qos=high, got {option!r}"
+                        self.p.fail(option_node, where, problem)
+                submit[name] = [option for option, _ in options]
+            else:
+                submit[name] = self.p.value(entry.value)
+        self.values["submit"] = submit
+
+    def megabytes(self, node: Node, field: str) -> int:
+        """A size in MB: a whole number, or a size like 512MB or 2GB."""
         value = self.p.value(node)
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            self.values["memory_mb"] = value
-            return
+            return value
         match = MEMORY_RE.match(value.strip()) if isinstance(value, str) else None
         if match is None:
             self.p.fail(
@@ -395,7 +432,7 @@ class _StepParser:
                 f"expected MB as a whole number or a size like 512MB or 2GB, got {node_kind(node)}",
             )
         unit = (match.group(2) or "M").upper()
-        self.values["memory_mb"] = math.ceil(float(match.group(1)) * MEMORY_UNIT_MB[unit])
+        return math.ceil(float(match.group(1)) * MEMORY_UNIT_MB[unit])
 
     def key_timeout(self, node: Node, field: str, scope: Scope) -> None:
         self.values["timeout_s"] = self.seconds(node, field)

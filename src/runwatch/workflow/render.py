@@ -8,8 +8,8 @@ read with few Core queries: one for the READY tasks with their run and file
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -184,6 +184,8 @@ class RenderedJob:
     spec: JobSpec
     workdir: str
     log_path: str
+    disk_mb: int = 0
+    submit: Mapping[str, Any] = field(default_factory=dict)  # the step's, by executor name
 
 
 def local_path(url: str, workdir: Path) -> str:
@@ -243,7 +245,13 @@ def render_job(
             "backoff_max_seconds": settings.scheduler.backoff_max_seconds,
         },
     }
-    return RenderedJob(spec=spec, workdir=str(workdir), log_path=str(log_path))
+    return RenderedJob(
+        spec=spec,
+        workdir=str(workdir),
+        log_path=str(log_path),
+        disk_mb=step.disk_mb,
+        submit=step.submit,
+    )
 
 
 def _template_context(task: ReadyTask, inputs: list[str]) -> dict[str, Any]:

@@ -25,9 +25,10 @@ from runwatch.config import Settings
 from runwatch.db import Database, utcnow
 from runwatch.executors.base import Executor, JobRequest, JobStatus
 from runwatch.ingest.models import MESSAGES
+from runwatch.jobs.environment import job_environment, wrapper_command
 from runwatch.workflow import lease, planner
 from runwatch.workflow.models import ATTEMPTS, TASKS, Attempt, Task
-from runwatch.workflow.nudge import NUDGE_ENV, NudgeListener, socket_path
+from runwatch.workflow.nudge import NudgeListener, socket_path
 from runwatch.workflow.render import (
     ReadyTask,
     RenderedJob,
@@ -297,11 +298,10 @@ class Scheduler:
             timeout_s=task.timeout_s,
             workdir=job.workdir,
             log_path=job.log_path,
-            argv=("runwatch", "job", "run", str(attempt_id)),
-            env={
-                "RUNWATCH_DATABASE_URL": self.settings.database_url,
-                NUDGE_ENV: socket_path(self.settings.work_root),
-            },
+            argv=(*wrapper_command(self.settings), "job", "run", str(attempt_id)),
+            env=job_environment(self.settings, attempt_id),
+            disk_mb=job.disk_mb,
+            submit=job.submit,
         )
 
     def _fail_submission(self, attempt_ids: Sequence[int], reason: str) -> None:

@@ -29,6 +29,10 @@ class Step:
     most every ``every_s`` seconds, each needing the previous live task so that its output
     is the next one's starting point (see ``runwatch.workflow.planner``). ``dqm="merge"``
     tells the DQM service that the step's one output is the run's merged histogram file.
+
+    ``disk_mb`` is the scratch disk a batch job asks for; ``submit`` holds extra batch
+    settings by executor name: ``htcondor`` a mapping of submit-description lines,
+    ``slurm`` a list of sbatch options (other executors' entries are passed on as given).
     """
 
     name: str
@@ -37,6 +41,7 @@ class Step:
     command: str = ""
     threads: int = 1
     memory_mb: int = 0
+    disk_mb: int = 0
     retries: int = 2
     timeout_s: float = 0.0  # 0: no limit
     outputs: Mapping[str, str] = field(default_factory=dict)
@@ -45,6 +50,7 @@ class Step:
     params: Mapping[str, Any] = field(default_factory=dict)
     every_s: float | None = None  # run scope: also run live, at most this often, while taking data
     dqm: DqmRole | None = None  # "merge": the single output is the run's merged DQM histograms
+    submit: Mapping[str, Any] = field(default_factory=dict)  # executor name -> its extras
 
 
 @dataclass(frozen=True)

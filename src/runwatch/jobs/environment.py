@@ -1,0 +1,32 @@
+"""What a batch job needs to start the job wrapper: its command line and environment.
+
+The scheduler puts both into every ``JobRequest``; a batch executor passes them on to the
+job. With ``[worker] report = "database"`` the wrapper gets the database URL (inside the
+firewall); with ``"http"`` it gets the web server's URL and a token good for its own
+attempt only (``runwatch.jobs.report``).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+from runwatch.config import Settings
+from runwatch.workflow.nudge import NUDGE_ENV, socket_path
+
+DATABASE_URL_ENV = "RUNWATCH_DATABASE_URL"  # not in argv: ps would show a password
+
+
+def wrapper_command(settings: Settings) -> tuple[str, ...]:
+    """How a worker node runs runwatch: ``[worker] command``, or this Python's -m runwatch."""
+    if settings.worker.command:
+        return tuple(shlex.split(settings.worker.command))
+    return (sys.executable, "-m", "runwatch")
+
+
+def job_environment(settings: Settings, attempt_id: int) -> dict[str, str]:
+    """The environment the wrapper of attempt ``attempt_id`` needs to report its outcome."""
+    return {
+        DATABASE_URL_ENV: settings.database_url,
+        NUDGE_ENV: socket_path(settings.work_root),
+    }
