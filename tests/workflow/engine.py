@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from runwatch.catalogue.models import Run, RunStatus
 from runwatch.config import Settings
 from runwatch.db import Database, utcnow
+from runwatch.executors.base import Executor
 from runwatch.executors.local import LocalExecutor
 from runwatch.ingest.service import receive
 from runwatch.workflow.scheduler import Scheduler
@@ -95,9 +96,12 @@ def run_statuses(db: Database) -> dict[int, RunStatus]:
 
 
 @contextmanager
-def running_scheduler(settings: Settings, db: Database) -> Iterator[Scheduler]:
-    """A scheduler with the local executor serving in a thread."""
-    executor = LocalExecutor(settings)
+def running_scheduler(
+    settings: Settings, db: Database, executor: Executor | None = None
+) -> Iterator[Scheduler]:
+    """A scheduler serving in a thread, with the local executor unless one is given (which
+    is closed afterwards if it has a ``close`` method)."""
+    executor = executor or LocalExecutor(settings)
     scheduler = Scheduler(settings, db, executor)
     stop = threading.Event()
     thread = threading.Thread(target=scheduler.serve, args=(stop,), daemon=True)
@@ -107,5 +111,7 @@ def running_scheduler(settings: Settings, db: Database) -> Iterator[Scheduler]:
     finally:
         stop.set()
         thread.join(timeout=30)
-        executor.close()
+        close = getattr(executor, "close", None)
+        if close is not None:
+            close()
         assert not thread.is_alive()
