@@ -2,7 +2,7 @@
 PostgreSQL and MariaDB servers that .ci/run starts.
 
 ``RUNWATCH_TEST_POSTGRES_URL`` / ``RUNWATCH_TEST_MARIADB_URL`` / ``RUNWATCH_TEST_AMQP_URL``
-name the servers. Without them those tests skip, unless ``RUNWATCH_TEST_REQUIRE_SERVICES=1``
+name the servers (and the variables in ``SERVER_ENV`` the batch systems and XRootD). Without them those tests skip, unless ``RUNWATCH_TEST_REQUIRE_SERVICES=1``
 (as .ci/run sets) makes a missing server a failure, so CI can never pass by skipping.
 """
 
@@ -24,6 +24,10 @@ SERVER_ENV = {
     "postgres": "RUNWATCH_TEST_POSTGRES_URL",
     "mariadb": "RUNWATCH_TEST_MARIADB_URL",
     "amqp": "RUNWATCH_TEST_AMQP_URL",
+    # The batch systems and storage of issue 6 (scripts/services/*.sh print these):
+    "htcondor": "RUNWATCH_TEST_CONDOR_CONFIG",  # the pool's client condor_config file
+    "slurm": "RUNWATCH_TEST_SLURM_PARTITION",  # a partition of the single-node Slurm
+    "xrootd": "RUNWATCH_TEST_XROOTD_URL",  # root://host:port//writable/folder/
 }
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
