@@ -212,6 +212,13 @@ class HTCondorSettings(BaseModel):
         description="Extra submit-description lines for every job (e.g. requirements); a "
         "step's submit.htcondor adds to and overrides them.",
     )
+    job_user: str = Field(
+        "",
+        description="Local user the jobs run as when it is not the scheduler's own (a "
+        "scheduler running as root that submits with another identity's token): runwatch "
+        "hands it the jobs' work and log folders and environment files. Empty: the "
+        "scheduler's user, as usual.",
+    )
 
 
 class SlurmSettings(BaseModel):
