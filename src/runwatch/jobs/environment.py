@@ -3,7 +3,7 @@
 The scheduler puts both into every ``JobRequest``; a batch executor passes them on to the
 job. With ``[worker] report = "database"`` the wrapper gets the database URL (inside the
 firewall); with ``"http"`` it gets the web server's URL and a token good for its own
-attempt only (``runwatch.jobs.report``).
+attempt only (``runwatch.jobs.report``), and never the database URL.
 """
 
 from __future__ import annotations
@@ -12,9 +12,13 @@ import shlex
 import sys
 
 from runwatch.config import Settings
+from runwatch.jobs.tokens import attempt_token, load_secret, secret_path
 from runwatch.workflow.nudge import NUDGE_ENV, socket_path
 
 DATABASE_URL_ENV = "RUNWATCH_DATABASE_URL"  # not in argv: ps would show a password
+API_URL_ENV = "RUNWATCH_API_URL"
+ATTEMPT_TOKEN_ENV = "RUNWATCH_ATTEMPT_TOKEN"
+REPORT_RETRY_ENV = "RUNWATCH_REPORT_RETRY_SECONDS"
 
 
 def wrapper_command(settings: Settings) -> tuple[str, ...]:
@@ -26,6 +30,16 @@ def wrapper_command(settings: Settings) -> tuple[str, ...]:
 
 def job_environment(settings: Settings, attempt_id: int) -> dict[str, str]:
     """The environment the wrapper of attempt ``attempt_id`` needs to report its outcome."""
+    worker = settings.worker
+    if worker.report == "http":
+        if not worker.api_url:
+            raise ValueError('[worker] report = "http" needs [worker] api_url')
+        secret = load_secret(secret_path(settings))
+        return {
+            API_URL_ENV: worker.api_url,
+            ATTEMPT_TOKEN_ENV: attempt_token(secret, attempt_id),
+            REPORT_RETRY_ENV: f"{worker.report_retry_seconds:g}",
+        }
     return {
         DATABASE_URL_ENV: settings.database_url,
         NUDGE_ENV: socket_path(settings.work_root),

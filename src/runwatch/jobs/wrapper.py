@@ -4,9 +4,14 @@ Started by a batch system's executor as ``runwatch job run ATTEMPT``; the local 
 long-lived workers (``runwatch.jobs.worker``) call ``claim`` and ``run_claimed`` instead.
 The wrapper claims the attempt, stages the inputs in, runs the step's command, checks and
 stores the outputs, and records the outcome and the outputs in one transaction. A
-heartbeat thread keeps the attempt alive in the database and notices when the scheduler
-gave it up (cancelled, or declared lost): the wrapper then kills the command and records
-nothing, because somebody else already decided the attempt's fate.
+heartbeat thread keeps the attempt alive and notices when the scheduler gave it up
+(cancelled, or declared lost): the wrapper then kills the command and records nothing,
+because somebody else already decided the attempt's fate.
+
+It reports through a ``Reporter`` (``runwatch.jobs.report``): into the database itself,
+or through the web server's API with a token for its attempt, as its environment says
+(``runwatch.jobs.environment``). Functions that take ``Database | Reporter`` use the
+database directly when given one.
 
 Exit codes: 0 the attempt succeeded, or there was nothing to do; 1 the attempt failed and
 that was recorded; 2 bad usage; 3 the outcome could not be recorded.
@@ -23,7 +28,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -35,6 +39,15 @@ from types import FrameType
 import sqlalchemy as sa
 
 from runwatch.db import Database, utcnow
+from runwatch.jobs.environment import DATABASE_URL_ENV
+from runwatch.jobs.report import (
+    DatabaseReporter,
+    HttpReporter,
+    Reporter,
+    ReportRejected,
+    ReportUndelivered,
+    attempt_workdir,
+)
 from runwatch.jobs.slots import SLOTS_ENV, slots_from_env, slots_held
 from runwatch.jobs.spec import JobSpec, job_spec
 from runwatch.storage.stage import StageError, stage_in, stage_out
@@ -44,12 +57,8 @@ from runwatch.workflow.service import (
     Claim,
     OutputRecord,
     RetryPolicy,
-    can_finish_at_once,
     claim_attempt,
     claim_attempt_at_once,
-    finish_at_once,
-    finish_attempt,
-    heartbeat,
 )
 from runwatch.workflow.states import AttemptState
 
@@ -62,7 +71,6 @@ EXIT_UNRECORDED = 3
 
 KILL_GRACE_S = 2.0  # SIGTERM first, so that a step can flush; SIGKILL after this
 LOG_TAIL_BYTES = 4096
-RECORD_RETRIES = 5  # a database blip must not leave a finished attempt RUNNING
 WATCH_SLICE_S = 0.25  # the monitor also acts on kills the signal handler asked for
 
 
@@ -110,17 +118,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_from_url(attempt_id: int, url: str | None = None) -> int:
-    """Open the database named by ``url`` (or ``$RUNWATCH_DATABASE_URL``) and run."""
+    """Run with the reporter the environment names: the database ``url`` if given, else
+    the web server with the attempt's token, else ``$RUNWATCH_DATABASE_URL``."""
     setup_logging()
-    url = url or os.environ.get("RUNWATCH_DATABASE_URL")
+    http = None if url else HttpReporter.from_env(os.environ)
+    if http is not None:
+        try:
+            return run_attempt(http, attempt_id, socket.gethostname())
+        finally:
+            http.close()
+    url = url or os.environ.get(DATABASE_URL_ENV)
     if not url:
-        log.error("no database: give --db or set RUNWATCH_DATABASE_URL")
+        log.error(
+            "no database: give --db or set RUNWATCH_DATABASE_URL "
+            "(or RUNWATCH_API_URL and RUNWATCH_ATTEMPT_TOKEN to report over HTTP)"
+        )
         return EXIT_USAGE
     db = Database(url)
     try:
         return run_attempt(db, attempt_id, socket.gethostname())
     finally:
         db.dispose()
+
+
+def as_reporter(target: Database | Reporter) -> Reporter:
+    """The reporter for ``target``: a database is written to directly."""
+    return DatabaseReporter(target) if isinstance(target, Database) else target
 
 
 def setup_logging() -> None:
@@ -133,7 +156,7 @@ def setup_logging() -> None:
     )
 
 
-def run_attempt(db: Database, attempt_id: int, host: str) -> int:
+def run_attempt(db: Database | Reporter, attempt_id: int, host: str) -> int:
     """Wait for a slot where the executor asks for it, then claim, run and record one
     attempt; return the process exit code."""
     try:
@@ -148,22 +171,27 @@ def run_attempt(db: Database, attempt_id: int, host: str) -> int:
         return _run_attempt(db, attempt_id, host)
 
 
-def _run_attempt(db: Database, attempt_id: int, host: str) -> int:
+def _run_attempt(target: Database | Reporter, attempt_id: int, host: str) -> int:
     """Claim, run and record one attempt (holding its slots, if any)."""
+    reporter = as_reporter(target)
     try:
-        claimed = claim(db, attempt_id, host)
-    except sa.exc.SQLAlchemyError:
+        claimed = claim(target, attempt_id, host)
+    except (sa.exc.SQLAlchemyError, ReportRejected, ReportUndelivered):
         log.exception("attempt %d: cannot claim it", attempt_id)
         return EXIT_UNRECORDED
     if claimed is None:
         log.info("attempt %d was given up; not running", attempt_id)
         return EXIT_OK
-    return run_claimed(db, attempt_id, claimed)
+    return run_claimed(reporter, attempt_id, claimed)
 
 
-def claim(db: Database, attempt_id: int, host: str) -> Claim | None:
+def claim(db: Database | Reporter, attempt_id: int, host: str) -> Claim | None:
     """Take the attempt (SUBMITTED → RUNNING) and learn its job, in one transaction; None
     if it is not ours to run (given up, cancelled, or taken by another worker)."""
+    if not isinstance(db, Database):
+        return db.claim(attempt_id, host)
+    # DatabaseReporter.claim as well; kept here, as the local workers' path, because
+    # tests/jobs/test_wrapper.py makes this module's claim_attempt_at_once fail.
     if db.engine.dialect.name == "postgresql":
         with db.one_statement() as connection:
             return claim_attempt_at_once(connection, attempt_id, host, utcnow())
@@ -172,7 +200,7 @@ def claim(db: Database, attempt_id: int, host: str) -> Claim | None:
 
 
 def run_claimed(
-    db: Database,
+    db: Database | Reporter,
     attempt_id: int,
     claimed: Claim,
     on_start: Callable[[int], None] | None = None,
@@ -185,18 +213,19 @@ def run_claimed(
     killed (the wrapper); a long-lived worker handles its signals itself. ``nudge_if``
     says whether a success is worth waking the scheduler for (default: always)."""
     log.info("attempt %d: claimed on %s (pid %d)", attempt_id, socket.gethostname(), os.getpid())
-    job = AttemptRun(db, attempt_id, on_start, discard)
+    reporter = as_reporter(db)
+    job = AttemptRun(reporter, attempt_id, on_start, discard)
     with job.signals_handled() if handle_signals else contextlib.nullcontext():
         outcome, policy = job.run(claimed)
         job.finishing = True  # a signal now must not interrupt the recording
         if outcome is None:
             log.warning("attempt %d was given up while running; nothing recorded", attempt_id)
             return EXIT_OK
-        return record(db, attempt_id, outcome, policy, claimed, nudge_if)
+        return record(reporter, attempt_id, outcome, policy, claimed, nudge_if)
 
 
 def record(
-    db: Database,
+    db: Database | Reporter,
     attempt_id: int,
     outcome: AttemptOutcome,
     policy: RetryPolicy,
@@ -206,10 +235,14 @@ def record(
     """Record the outcome, nudge the scheduler, pick the exit code.
 
     Connection trouble is retried. If a success cannot be recorded for another reason, the
-    attempt is recorded as failed with that reason rather than left RUNNING.
+    attempt is recorded as failed with that reason rather than left RUNNING. A report that
+    could not be delivered in time stays in its spool file (EXIT_UNRECORDED).
     """
+    reporter = as_reporter(db)
     try:
-        recorded = _finish(db, attempt_id, outcome, policy, claimed)
+        recorded = reporter.record(attempt_id, outcome, policy, claimed)
+    except ReportUndelivered:
+        return EXIT_UNRECORDED
     except Exception as exc:
         log.exception("attempt %d: cannot record its outcome", attempt_id)
         if outcome.state is not AttemptState.SUCCEEDED:
@@ -218,7 +251,7 @@ def record(
         outcome = replace(outcome, state=AttemptState.FAILED, reason=f"cannot record: {last}")
         outcome = replace(outcome, outputs=())
         try:
-            recorded = _finish(db, attempt_id, outcome, policy, claimed)
+            recorded = reporter.record(attempt_id, outcome, policy, claimed)
         except Exception:
             log.exception("attempt %d: cannot record its failure either", attempt_id)
             return EXIT_UNRECORDED
@@ -236,29 +269,6 @@ def record(
     return EXIT_OK if outcome.state is AttemptState.SUCCEEDED else EXIT_FAILED
 
 
-def _finish(
-    db: Database,
-    attempt_id: int,
-    outcome: AttemptOutcome,
-    policy: RetryPolicy,
-    claimed: Claim | None,
-) -> bool:
-    at_once = can_finish_at_once(db.engine.dialect.name, outcome, claimed)
-    for attempt in range(RECORD_RETRIES):
-        try:
-            if at_once:
-                with db.one_statement() as connection:
-                    return finish_at_once(connection, attempt_id, outcome, utcnow())
-            with db.transaction() as tx:
-                return finish_attempt(tx, attempt_id, outcome, policy, utcnow(), claim=claimed)
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-            if attempt == RECORD_RETRIES - 1:
-                raise
-            log.warning("attempt %d: recording failed (%s); retrying", attempt_id, exc)
-            time.sleep(2**attempt)
-    raise AssertionError("unreachable")
-
-
 # -- one attempt --------------------------------------------------------------------------
 
 
@@ -267,12 +277,12 @@ class AttemptRun:
 
     def __init__(
         self,
-        db: Database,
+        reporter: Reporter,
         attempt_id: int,
         on_start: Callable[[int], None] | None = None,
         discard: Callable[[Path], None] | None = None,
     ) -> None:
-        self.db = db
+        self.reporter = reporter
         self.attempt_id = attempt_id
         self.on_start = on_start
         # How a finished work directory goes: a worker hands it to its trash (trash.py).
@@ -309,8 +319,7 @@ class AttemptRun:
     def files(self, claimed: Claim) -> AttemptFiles:
         workdir_text, log_text = claimed.workdir, claimed.log_path
         spec = job_spec(dict(claimed.spec))
-        default = Path(tempfile.gettempdir()) / f"runwatch-attempt-{self.attempt_id}"
-        workdir = Path(workdir_text) if workdir_text else default
+        workdir = attempt_workdir(self.attempt_id, workdir_text)
         log_path = Path(log_text) if log_text else workdir / "job.log"
         return AttemptFiles(spec, workdir, log_path)
 
@@ -417,16 +426,11 @@ class AttemptRun:
                 self.terminate_command()
 
     def beat(self) -> bool:
-        """One heartbeat; True unless the attempt is no longer ours (a database error
-        counts as alive: the scheduler's heartbeat timeout decides that)."""
+        """One heartbeat; True unless the attempt is no longer ours (trouble reaching the
+        database or server counts as alive: the scheduler's heartbeat timeout decides)."""
         if self.given_up:
             return False
-        try:
-            with self.db.transaction() as tx:
-                return heartbeat(tx, self.attempt_id, utcnow())
-        except sa.exc.SQLAlchemyError as exc:
-            log.warning("attempt %d: heartbeat failed: %s", self.attempt_id, exc)
-            return True
+        return self.reporter.heartbeat(self.attempt_id)
 
     def terminate_command(self) -> None:
         """SIGTERM the command's group now, SIGKILL it after the grace (by the monitor)."""

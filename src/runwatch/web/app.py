@@ -17,7 +17,7 @@ from runwatch import __version__
 from runwatch.config import Settings
 from runwatch.db import Database
 from runwatch.ingest.api import router as ingest_router
-from runwatch.web import actions, api_v1, files, login, pages
+from runwatch.web import actions, api_v1, attempts_api, files, login, pages
 from runwatch.web.auth import install_auth
 from runwatch.web.live import router as live_router
 from runwatch.web.pmt_api import router as pmt_router
@@ -34,6 +34,7 @@ def create_app(settings: Settings, db: Database) -> FastAPI:
     app.include_router(login.router)
     app.include_router(actions.router)
     app.include_router(api_v1.router)
+    app.include_router(attempts_api.router)
     app.include_router(live_router)
     app.include_router(pmt_router)
     app.include_router(files.router)
