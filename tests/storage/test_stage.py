@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from runwatch.config import StorageSettings
 from runwatch.storage.checksum import adler32_file
 from runwatch.storage.stage import StageError, stage_in, stage_out
 from runwatch.storage.urls import (
@@ -29,6 +30,11 @@ from runwatch.storage.urls import (
 
 def payload(size: int, seed: int = 7) -> bytes:
     return random.Random(seed).randbytes(size)
+
+
+def fast(retries: int = 2) -> StorageSettings:
+    """Retries with a short backoff, so that a test of failures takes no time."""
+    return StorageSettings(retries=retries, backoff_seconds=0.01, timeout_seconds=60)
 
 
 # -- urls ---------------------------------------------------------------------------------
@@ -97,9 +103,10 @@ def test_stage_in_checksum_mismatch_says_both_values_and_removes_the_copy(
     dest = tmp_path / "w" / "f.raw"
     actual = adler32_file(source)
     with pytest.raises(StageError) as err:
-        stage_in(source.as_uri(), dest, "0badc0de")
+        stage_in(source.as_uri(), dest, "0badc0de", fast())
     assert str(err.value) == (
         f"checksum mismatch for {source.as_uri()}: expected 0badc0de, got {actual}"
+        " (gave up after 3 tries)"
     )
     assert not dest.exists()
     with pytest.raises(StageError, match="checksum mismatch"):
@@ -113,7 +120,7 @@ def test_stage_in_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(StageError, match="no such file"):
         stage_in(missing.as_uri(), missing)
     with pytest.raises(StageError, match="unsupported URL scheme"):
-        stage_in("root://eos.example//x", tmp_path / "x")
+        stage_in("s3://bucket/x", tmp_path / "x")
 
 
 # -- stage-in over HTTP -------------------------------------------------------------------
@@ -171,19 +178,19 @@ def test_download_retries_a_server_error(http_root: tuple[str, Path], tmp_path: 
     base, root = http_root
     (root / "f.raw").write_bytes(b"payload")
     dest = tmp_path / "f.raw"
-    stage_in(f"{base}/flaky/f.raw", dest, adler32_file(root / "f.raw"), retries=2, backoff=0.01)
+    stage_in(f"{base}/flaky/f.raw", dest, adler32_file(root / "f.raw"), fast())
     assert dest.read_bytes() == b"payload"
     with pytest.raises(StageError, match=r"server error 503 \(gave up after 1 tries\)"):
-        stage_in(f"{base}/flaky/g.raw", tmp_path / "g.raw", retries=0, backoff=0.01)
+        stage_in(f"{base}/flaky/g.raw", tmp_path / "g.raw", policy=fast(retries=0))
     assert not (tmp_path / "g.raw").exists()
 
 
 def test_download_missing_and_unreachable(http_root: tuple[str, Path], tmp_path: Path) -> None:
     base, _ = http_root
     with pytest.raises(StageError, match=r"not found \(HTTP 404\)"):
-        stage_in(f"{base}/nope.raw", tmp_path / "n.raw", backoff=0.01)
+        stage_in(f"{base}/nope.raw", tmp_path / "n.raw", policy=fast())
     with pytest.raises(StageError, match=r"ConnectError.*gave up after 2 tries"):
-        stage_in("http://127.0.0.1:9/x", tmp_path / "x", retries=1, backoff=0.01)
+        stage_in("http://127.0.0.1:9/x", tmp_path / "x", policy=fast(retries=1))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["served"]
 
 
@@ -191,7 +198,7 @@ def test_download_checksum_mismatch(http_root: tuple[str, Path], tmp_path: Path)
     base, root = http_root
     (root / "f.raw").write_bytes(b"payload")
     with pytest.raises(StageError, match=f"checksum mismatch for {base}/f.raw: expected 00000002"):
-        stage_in(f"{base}/f.raw", tmp_path / "f.raw", "2")
+        stage_in(f"{base}/f.raw", tmp_path / "f.raw", "2", fast())
     assert not (tmp_path / "f.raw").exists()
 
 

@@ -1,5 +1,5 @@
-"""File locations as URLs: ``file://`` for local and shared file systems, ``https://`` and
-``http://`` for remote servers.
+"""File locations as URLs: ``file://`` for local and shared file systems, ``root://`` for
+XRootD servers (EOS), ``https://`` and ``http://`` for web servers.
 
 The database stores URLs, never bare paths, so that a file can move to another kind of
 storage without a schema change. A bare absolute path is accepted wherever a ``file://`` URL
@@ -13,6 +13,8 @@ from urllib.parse import quote, unquote, urlsplit
 
 FILE_SCHEMES = frozenset({"", "file"})
 HTTP_SCHEMES = frozenset({"http", "https"})
+# roots:// and xroots:// are XRootD over TLS; the client library handles them all.
+ROOT_SCHEMES = frozenset({"root", "xroot", "roots", "xroots"})
 LOCAL_HOSTS = frozenset({"", "localhost"})
 
 
@@ -31,6 +33,30 @@ def is_file_url(url: str) -> bool:
 
 def is_http_url(url: str) -> bool:
     return scheme(url) in HTTP_SCHEMES
+
+
+def is_root_url(url: str) -> bool:
+    return scheme(url) in ROOT_SCHEMES
+
+
+def split_root_url(url: str) -> tuple[str, str]:
+    """The server (``root://host:port``) and the path (``/eos/...``, with any ``?opaque``
+    part the server is to get) of a ``root://`` URL.
+
+    XRootD spells an absolute path with two slashes after the host
+    (``root://eos.example//eos/juno/raw/f.raw``); one slash is read the same way, as the
+    XRootD client does.
+    """
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ROOT_SCHEMES:
+        raise URLError(f"not an XRootD URL: {url}")
+    if not parts.hostname:
+        raise URLError(f"XRootD URL without a server: {url}")
+    path = "/" + parts.path.lstrip("/")
+    if path == "/":
+        raise URLError(f"XRootD URL without a path: {url}")
+    opaque = f"?{parts.query}" if parts.query else ""
+    return f"{parts.scheme.lower()}://{parts.netloc}", path + opaque
 
 
 def url_to_path(url: str) -> Path:
@@ -59,4 +85,9 @@ def join_url(directory_url: str, name: str) -> str:
     if not name or "/" in name or name in (".", ".."):
         raise URLError(f"not a file name: {name!r}")
     base = directory_url if directory_url.endswith("/") else directory_url + "/"
+    if is_root_url(directory_url):
+        # XRootD takes paths literally (no %-decoding), and ? starts the opaque part.
+        if urlsplit(directory_url).query or "?" in name or "#" in name:
+            raise URLError(f"cannot put {name!r} into {directory_url}: ? or # in it")
+        return base + name
     return base + quote(name, safe="")
