@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 CLIENT_SETTINGS = {
     "ConnectionRetry": 1,  # one connection try per call: our retries back off instead
     "ConnectionWindow": 10,  # seconds one connection try may take
+    # After a failed connection the client refuses every call to that server for this
+    # long (default 30 min): a server back after a restart would stay unusable.
+    "StreamErrorWindow": 0,
     "TimeoutResolution": 1,  # check the per-call timeouts every second, not every 15
 }
 
