@@ -3,6 +3,7 @@ server and a real database."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import stat
@@ -42,14 +43,16 @@ class LiveServer:
         self.db = db
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.app = create_app(settings, db)  # made once: a restart serves the same app
         self.server: Server | None = None
         self.thread: threading.Thread | None = None
 
     def start(self) -> None:
         import uvicorn
 
+        self.app.state.settings = self.settings
         config = uvicorn.Config(
-            create_app(self.settings, self.db),
+            self.app,
             host="127.0.0.1",
             port=self.port,
             log_level="warning",
@@ -84,15 +87,22 @@ def http_settings(settings: Settings, db: Database, api_url: str = "") -> Settin
     )
 
 
-@pytest.fixture
-def live(settings: Settings, any_db: Database) -> Iterator[LiveServer]:
-    server = LiveServer(http_settings(settings, any_db), any_db)
-    server.settings = http_settings(settings, any_db, server.url)
+@contextlib.contextmanager
+def serving(settings: Settings, db: Database) -> Iterator[LiveServer]:
+    """A live server for ``db`` whose settings report over HTTP to itself."""
+    server = LiveServer(http_settings(settings, db), db)
+    server.settings = http_settings(settings, db, server.url)
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def live(settings: Settings, any_db: Database) -> Iterator[LiveServer]:
+    with serving(settings, any_db) as server:
+        yield server
 
 
 def token_for(live: LiveServer, attempt_id: int) -> str:
