@@ -1,0 +1,255 @@
+"""The Slurm executor: its sbatch options and job script, the state mapping, and jobs in
+the real single-node Slurm (``RUNWATCH_TEST_SLURM_PARTITION``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runwatch.config import Settings, SlurmSettings
+from runwatch.db import Database
+from runwatch.executors.base import JobRequest, JobStatus, load_executor
+from runwatch.executors.slurm import SlurmExecutor, SqueueLine, parse_external_id
+from runwatch.executors.slurm_script import batch_script, sbatch_options, time_limit_minutes
+from runwatch.workflow.scheduler import Scheduler
+from runwatch.workflow.states import AttemptState, TaskState
+from tests.executors.slurm_cluster import (
+    info_of,
+    job_processes,
+    slurm_executor,
+    slurm_settings,
+    submit_attempt,
+    wait_for_status,
+)
+from tests.jobs.test_wrapper import attempt_row, make_attempt
+from tests.waiting import wait_for
+
+SECRET_URL = "postgresql+psycopg://runwatch:s3cret@db.example/runwatch"
+
+
+def job(**fields: object) -> JobRequest:
+    values: dict[str, object] = {
+        "attempt_id": 7,
+        "task_key": "chain/calib/file:3",
+        "threads": 4,
+        "memory_mb": 2000,
+        "timeout_s": 3600,
+        "workdir": "/work/chain/calib/1/task-3-attempt-1",
+        "log_path": "/work/logs/1/task-3-attempt-1.log",
+        "argv": ("/opt/venv/bin/python", "-m", "runwatch", "job", "run", "7"),
+        "env": {"RUNWATCH_DATABASE_URL": SECRET_URL},
+        **fields,
+    }
+    return JobRequest(**values)  # type: ignore[arg-type]
+
+
+# -- sbatch options and the job script (no cluster needed) ---------------------------------
+
+
+def test_sbatch_options_carry_the_jobs_resources_then_the_sites_then_the_steps() -> None:
+    site = SlurmSettings(
+        partition="juno", account="dyb", qos="prod", sbatch_options=["--constraint=avx2"]
+    )
+    options = sbatch_options(
+        site, job(disk_mb=5000, submit={"slurm": ["--time=30", "--exclusive"]})
+    )
+    assert options[:8] == [
+        "--job-name=chain/calib/file:3",
+        "--chdir=/work/chain/calib/1/task-3-attempt-1",
+        "--output=/work/logs/1/task-3-attempt-1.log",
+        "--open-mode=append",
+        "--requeue",
+        "--export=NONE",
+        "--ntasks=1",
+        "--cpus-per-task=4",
+    ]
+    assert options[8:] == [
+        "--mem=2000M",
+        "--tmp=5000M",
+        f"--time={time_limit_minutes(3600)}",
+        "--partition=juno",
+        "--account=dyb",
+        "--qos=prod",
+        "--constraint=avx2",
+        "--time=30",  # the step's, after ours: sbatch takes the last
+        "--exclusive",
+    ]
+    assert not any(SECRET_URL in option for option in options), "ps would show the password"
+
+
+def test_unset_resources_are_left_to_slurm_and_a_percent_is_not_a_pattern() -> None:
+    options = sbatch_options(
+        SlurmSettings(), job(threads=0, memory_mb=0, timeout_s=0, log_path="/l/100%.log")
+    )
+    assert "--cpus-per-task=1" in options
+    assert "--output=/l/100%%.log" in options
+    assert not [o for o in options if o.startswith(("--mem", "--tmp", "--time", "--part"))]
+
+
+def test_the_time_limit_leaves_the_wrapper_and_the_scheduler_time_to_act_first() -> None:
+    assert time_limit_minutes(0) is None
+    assert time_limit_minutes(60) == 7  # 60 s + 10 s grace + 300 s staging, rounded up
+    assert time_limit_minutes(3600) == 71  # 3600 + 360 + 300 s
+
+
+def test_the_job_script_exports_the_environment_and_becomes_the_wrapper() -> None:
+    script = batch_script(job(env={"RUNWATCH_DATABASE_URL": SECRET_URL, "B": "it's"}))
+    assert script.splitlines() == [
+        "#!/bin/sh",
+        "# runwatch attempt 7",
+        "export B='it'\"'\"'s'",
+        f"export RUNWATCH_DATABASE_URL={SECRET_URL}",
+        "exec /opt/venv/bin/python -m runwatch job run 7",
+    ]
+    with pytest.raises(ValueError, match="not an environment variable name"):
+        batch_script(job(env={"A;rm -rf /": "x"}))
+    with pytest.raises(ValueError, match="list of sbatch options"):
+        sbatch_options(SlurmSettings(), job(submit={"slurm": "--exclusive"}))
+
+
+@pytest.mark.parametrize(
+    ("line", "status", "exit_code", "reason"),
+    [
+        ("12|PENDING|0|0|Resources|", JobStatus.QUEUED, None, "Resources"),
+        ("12|PENDING|0|0|None|", JobStatus.QUEUED, None, "pending"),
+        ("12|PENDING|1|0|BeginTime|", JobStatus.QUEUED, None, "BeginTime, requeued 1x"),
+        ("12|REQUEUED|2|0|None|", JobStatus.QUEUED, None, "requeued 2x"),
+        ("12|SUSPENDED|0|0|None|", JobStatus.QUEUED, None, "suspended"),
+        ("12|RUNNING|0|0|None|", JobStatus.RUNNING, None, None),
+        ("12|COMPLETING|0|0|None|", JobStatus.RUNNING, None, None),
+        ("12|CONFIGURING|0|0|None|", JobStatus.RUNNING, None, None),
+        ("12|COMPLETED|0|0|None|", JobStatus.GONE, 0, "Slurm job COMPLETED"),
+        ("12|FAILED|0|768|NonZeroExitCode|", JobStatus.GONE, 3, "Slurm job FAILED (NonZero"),
+        ("12|FAILED|0|9|None|", JobStatus.GONE, None, "Slurm job FAILED (signal 9)"),
+        ("12|TIMEOUT|0|0|TimeLimit|", JobStatus.GONE, 0, "Slurm job TIMEOUT (TimeLimit)"),
+        ("12|NODE_FAIL|0|0|None|", JobStatus.GONE, 0, "Slurm job NODE_FAIL"),
+        ("12|OUT_OF_MEMORY|0|0|None|", JobStatus.GONE, 0, "Slurm job OUT_OF_MEMORY"),
+        ("12|CANCELLED|0|0|None|", JobStatus.GONE, 0, "Slurm job CANCELLED"),
+        ("12|PREEMPTED|0|0|None|", JobStatus.GONE, 0, "Slurm job PREEMPTED"),
+        ("12|BRAND_NEW|0||None|", JobStatus.GONE, None, "Slurm job BRAND_NEW"),
+        (
+            "12|PENDING|3|0|launch_failed_requeued_held|",
+            JobStatus.GONE,
+            0,
+            "Slurm job PENDING (launch_failed_requeued_held, requeued 3x)",
+        ),
+    ],
+)
+def test_slurm_states_map_to_job_statuses_with_a_reason(
+    line: str, status: JobStatus, exit_code: int | None, reason: str | None
+) -> None:
+    parsed = SqueueLine.parse(line)
+    assert parsed is not None
+    info = parsed.info()
+    assert (info.status, info.exit_code) == (status, exit_code)
+    if reason is None:
+        assert info.reason is None
+    else:
+        assert info.reason is not None and info.reason.startswith(reason)
+
+
+def test_external_ids() -> None:
+    assert parse_external_id("slurm:123") == "123"
+    assert parse_external_id("slurm:12_3") is None
+    assert parse_external_id("local:123") is None
+
+
+# -- jobs in the real Slurm ----------------------------------------------------------------
+
+
+@pytest.fixture
+def on_slurm(settings: Settings) -> Settings:
+    return slurm_settings(settings)
+
+
+@pytest.fixture
+def executor(on_slurm: Settings) -> Iterator[SlurmExecutor]:
+    with slurm_executor(on_slurm) as executor:
+        yield executor
+
+
+def test_the_executor_is_found_by_name(on_slurm: Settings) -> None:
+    found = load_executor(on_slurm)
+    assert isinstance(found, SlurmExecutor)
+    assert (found.capacity(), found.queue_ahead()) == (8, 8)
+
+
+def test_a_job_runs_the_wrapper_which_records_the_attempt(
+    executor: SlurmExecutor, on_slurm: Settings, db: Database, tmp_path: Path
+) -> None:
+    attempt_id = make_attempt(db, tmp_path, "echo from the step > out.txt", {"out": "out.txt"})
+    ext = submit_attempt(executor, on_slurm, db, attempt_id)
+    assert parse_external_id(ext) is not None
+    wait_for(lambda: attempt_row(db, attempt_id)[1].state is TaskState.DONE, 60, "the task done")
+    attempt, _, outputs = attempt_row(db, attempt_id)
+    assert attempt.state is AttemptState.SUCCEEDED
+    assert attempt.host  # the node that ran it
+    assert [o.name for o in outputs] == ["out"]
+    info = wait_for_status(executor, ext, JobStatus.GONE)
+    assert (info.exit_code, info.reason) == (0, "Slurm job COMPLETED")
+    assert attempt.log_path is not None
+    assert f"attempt {attempt_id}: succeeded" in Path(attempt.log_path).read_text()
+
+
+def test_a_pending_job_shows_its_reason_and_cancel_removes_it(
+    executor: SlurmExecutor, on_slurm: Settings, db: Database, tmp_path: Path
+) -> None:
+    attempt_id = make_attempt(db, tmp_path, "true")
+    ext = submit_attempt(executor, on_slurm, db, attempt_id, submit={"slurm": ["--begin=now+3600"]})
+    info = wait_for_status(executor, ext, JobStatus.QUEUED, 30)
+    assert info.reason == "BeginTime"
+    executor.cancel(ext)
+    info = wait_for_status(executor, ext, JobStatus.GONE, 30)
+    assert info.reason is not None and info.reason.startswith("Slurm job CANCELLED")
+    executor.cancel(ext)  # gone already: no error
+    executor.cancel("slurm:999999999")
+    assert attempt_row(db, attempt_id)[0].state is AttemptState.SUBMITTED  # never ran
+
+
+def test_cancel_kills_a_running_job(
+    executor: SlurmExecutor, on_slurm: Settings, db: Database, tmp_path: Path
+) -> None:
+    attempt_id = make_attempt(db, tmp_path, "sleep 300")
+    ext = submit_attempt(executor, on_slurm, db, attempt_id)
+    wait_for(lambda: attempt_row(db, attempt_id)[0].state is AttemptState.RUNNING, 60, "a start")
+    assert info_of(executor, ext).status is JobStatus.RUNNING
+    wait_for(lambda: any("sleep" in p.name() for p in job_processes(ext)), 30, "the step")
+    steps = [p for p in job_processes(ext) if p.name() == "sleep"]
+    executor.cancel(ext)
+    wait_for_status(executor, ext, JobStatus.GONE, 60)
+    wait_for(lambda: not any(p.is_running() for p in steps), 30, "the step killed")
+    # Nobody had decided the attempt's end: the wrapper records that it was killed.
+    wait_for(lambda: attempt_row(db, attempt_id)[0].state is AttemptState.FAILED, 30, "a record")
+    assert attempt_row(db, attempt_id)[0].reason == "killed (SIGTERM)"
+
+
+def test_a_job_slurm_cannot_start_ends_the_attempt_with_slurms_reason(
+    executor: SlurmExecutor, on_slurm: Settings, db: Database, tmp_path: Path
+) -> None:
+    attempt_id = make_attempt(db, tmp_path, "true", retries=0)
+    unwritable = "--output=/proc/runwatch-test/job.log"  # Slurm cannot open the log
+    ext = submit_attempt(executor, on_slurm, db, attempt_id, submit={"slurm": [unwritable]})
+    info = wait_for_status(executor, ext, JobStatus.GONE, 60)
+    assert info.reason is not None and info.reason.startswith("Slurm job FAILED")
+    Scheduler(on_slurm, db, executor).supervise()
+    attempt, task, _ = attempt_row(db, attempt_id)
+    assert attempt.state is AttemptState.LOST
+    assert attempt.reason is not None and "Slurm job FAILED" in attempt.reason
+    assert task.state is TaskState.FAILED
+
+
+@pytest.mark.slow
+def test_a_job_over_its_slurm_time_limit_fails_with_slurms_message(
+    executor: SlurmExecutor, on_slurm: Settings, db: Database, tmp_path: Path
+) -> None:
+    attempt_id = make_attempt(db, tmp_path, "sleep 600", timeout_s=3600)
+    ext = submit_attempt(executor, on_slurm, db, attempt_id, submit={"slurm": ["--time=1"]})
+    # Slurm checks time limits every 30 s or so: the job ends 60-100 s after its start.
+    info = wait_for_status(executor, ext, JobStatus.GONE, 180)
+    assert info.reason is not None and info.reason.startswith("Slurm job TIMEOUT")
+    attempt = attempt_row(db, attempt_id)[0]
+    assert attempt.state is AttemptState.FAILED
+    assert attempt.reason == "killed (SIGTERM)"
+    assert attempt.log_tail is not None and "DUE TO TIME LIMIT" in attempt.log_tail
