@@ -2,8 +2,9 @@
 PostgreSQL and MariaDB servers that .ci/run starts.
 
 ``RUNWATCH_TEST_POSTGRES_URL`` / ``RUNWATCH_TEST_MARIADB_URL`` / ``RUNWATCH_TEST_AMQP_URL``
-name the servers (and the variables in ``SERVER_ENV`` the batch systems and XRootD). Without them those tests skip, unless ``RUNWATCH_TEST_REQUIRE_SERVICES=1``
-(as .ci/run sets) makes a missing server a failure, so CI can never pass by skipping.
+name the servers (``SERVER_ENV`` also names the batch systems and XRootD). Without them
+those tests skip, unless ``RUNWATCH_TEST_REQUIRE_SERVICES=1`` (as .ci/run sets) makes a
+missing server a failure, so CI can never pass by skipping.
 """
 
 from __future__ import annotations
