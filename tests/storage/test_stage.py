@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import logging
 import os
 import random
 import subprocess
@@ -17,13 +18,16 @@ import pytest
 
 from runwatch.config import StorageSettings
 from runwatch.storage.checksum import adler32_file
+from runwatch.storage.http import digest_adler32
 from runwatch.storage.stage import StageError, stage_in, stage_out
 from runwatch.storage.urls import (
     URLError,
     is_file_url,
     is_http_url,
+    is_root_url,
     join_url,
     path_to_url,
+    split_root_url,
     url_to_path,
 )
 
@@ -64,6 +68,24 @@ def test_url_helpers_round_trip_paths_with_odd_characters(tmp_path: Path) -> Non
 def test_url_to_path_rejects_what_is_not_local(url: str, why: str) -> None:
     with pytest.raises(URLError, match=why):
         url_to_path(url)
+
+
+def test_root_urls() -> None:
+    eos = "root://eos.example//eos/juno/raw/"
+    assert is_root_url(eos) and is_root_url("ROOTS://h//x") and not is_root_url("/eos/x")
+    assert join_url(eos, "RUN 1.raw") == eos + "RUN 1.raw", "XRootD paths are literal"
+    assert join_url("root://h:1094//d", "f") == "root://h:1094//d/f"
+    assert split_root_url(eos + "f") == ("root://eos.example", "/eos/juno/raw/f")
+    assert split_root_url("root://h/d/f") == ("root://h", "/d/f")
+    for bad, why in [
+        ("root:///d/f", "without a server"),
+        ("root://h//", "without a path"),
+        ("https://h/f", "not an XRootD URL"),
+    ]:
+        with pytest.raises(URLError, match=why):
+            split_root_url(bad)
+    with pytest.raises(URLError, match="\\? or # in it"):
+        join_url(eos, "f?x=1")
 
 
 def test_join_url_rejects_paths_as_names() -> None:
@@ -127,21 +149,48 @@ def test_stage_in_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 class FlakyHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves files; the first request of a path under /flaky/ gets a 503."""
+    """Serves files, misbehaving as a path's first folder says:
 
-    failed: set[str]
+    - ``/flaky/N/f``: the first N requests of the path get a 503, then ``/f`` is served;
+    - ``/cut/f``: the first request gets half of ``/f`` and the connection is closed;
+    - ``/digest/HEX/f``: ``/f`` with the header ``Digest: adler32=HEX``.
+    """
+
+    seen: dict[str, int]
     lock = threading.Lock()
+    digest: str | None = None
 
     def do_GET(self) -> None:
-        if self.path.startswith("/flaky/"):
-            with self.lock:
-                first = self.path not in self.failed
-                self.failed.add(self.path)
-            if first:
+        with self.lock:
+            self.seen[self.path] = count = self.seen.get(self.path, 0) + 1
+        parts = self.path.split("/")
+        if parts[1] == "flaky":
+            if count <= int(parts[2]):
                 self.send_error(503, "try again")
                 return
-            self.path = self.path.removeprefix("/flaky")
+            self.path = "/" + "/".join(parts[3:])
+        elif parts[1] == "cut" and count == 1:
+            self.send_half("/" + "/".join(parts[2:]))
+            return
+        elif parts[1] == "cut":
+            self.path = "/" + "/".join(parts[2:])
+        elif parts[1] == "digest":
+            self.digest = parts[2]
+            self.path = "/" + "/".join(parts[3:])
         super().do_GET()
+
+    def send_half(self, path: str) -> None:
+        data = Path(self.translate_path(path)).read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[: len(data) // 2])
+        self.close_connection = True
+
+    def end_headers(self) -> None:
+        if self.digest is not None:
+            self.send_header("Digest", f"adler32={self.digest}")
+        super().end_headers()
 
     def log_message(self, format: str, *args: object) -> None:
         return None
@@ -151,7 +200,7 @@ class FlakyHandler(http.server.SimpleHTTPRequestHandler):
 def http_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     root = tmp_path / "served"
     root.mkdir()
-    handler = type("Handler", (FlakyHandler,), {"failed": set()})
+    handler = type("Handler", (FlakyHandler,), {"seen": {}})
     server = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), partial(handler, directory=str(root))
     )
@@ -178,10 +227,10 @@ def test_download_retries_a_server_error(http_root: tuple[str, Path], tmp_path: 
     base, root = http_root
     (root / "f.raw").write_bytes(b"payload")
     dest = tmp_path / "f.raw"
-    stage_in(f"{base}/flaky/f.raw", dest, adler32_file(root / "f.raw"), fast())
+    stage_in(f"{base}/flaky/1/f.raw", dest, adler32_file(root / "f.raw"), fast())
     assert dest.read_bytes() == b"payload"
     with pytest.raises(StageError, match=r"server error 503 \(gave up after 1 tries\)"):
-        stage_in(f"{base}/flaky/g.raw", tmp_path / "g.raw", policy=fast(retries=0))
+        stage_in(f"{base}/flaky/1/g.raw", tmp_path / "g.raw", policy=fast(retries=0))
     assert not (tmp_path / "g.raw").exists()
 
 
@@ -200,6 +249,57 @@ def test_download_checksum_mismatch(http_root: tuple[str, Path], tmp_path: Path)
     with pytest.raises(StageError, match=f"checksum mismatch for {base}/f.raw: expected 00000002"):
         stage_in(f"{base}/f.raw", tmp_path / "f.raw", "2", fast())
     assert not (tmp_path / "f.raw").exists()
+
+
+def test_download_retries_a_flaky_server_with_backoff(
+    http_root: tuple[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three 503s in a row: three retries get the file, with delays that double."""
+    base, root = http_root
+    data = payload(2_000_000, seed=12)
+    (root / "f.raw").write_bytes(data)
+    policy = StorageSettings(retries=3, backoff_seconds=0.05, timeout_seconds=60)
+    with caplog.at_level(logging.WARNING):
+        stage_in(f"{base}/flaky/3/f.raw", tmp_path / "f.raw", policy=policy)
+    assert (tmp_path / "f.raw").read_bytes() == data
+    delays = [r.getMessage().rsplit("retrying in ", 1)[1] for r in caplog.records]
+    assert delays == ["0.1 s", "0.1 s", "0.2 s"]  # 0.05, 0.1, 0.2 as %.1f
+    with pytest.raises(StageError, match=r"server error 503 \(gave up after 3 tries\)"):
+        stage_in(f"{base}/flaky/3/g.raw", tmp_path / "g.raw", policy=fast(retries=2))
+
+
+def test_download_cut_short_is_tried_again(http_root: tuple[str, Path], tmp_path: Path) -> None:
+    base, root = http_root
+    data = payload(1_000_000, seed=13)
+    (root / "f.raw").write_bytes(data)
+    stage_in(f"{base}/cut/f.raw", tmp_path / "f.raw", policy=fast(retries=1))
+    assert (tmp_path / "f.raw").read_bytes() == data
+
+
+def test_download_is_checked_against_the_servers_digest(
+    http_root: tuple[str, Path], tmp_path: Path
+) -> None:
+    """Without a checksum from the caller, the server's ``Digest: adler32=`` is the check."""
+    base, root = http_root
+    (root / "f.raw").write_bytes(b"payload")
+    right = adler32_file(root / "f.raw")
+    stage_in(f"{base}/digest/{right}/f.raw", tmp_path / "f.raw", policy=fast())
+    assert (tmp_path / "f.raw").read_bytes() == b"payload"
+    with pytest.raises(StageError) as err:
+        stage_in(f"{base}/digest/0badc0de/f.raw", tmp_path / "g.raw", policy=fast(retries=1))
+    assert str(err.value) == (
+        f"checksum mismatch for {base}/digest/0badc0de/f.raw: the source has 0badc0de,"
+        f" the copy {right} (gave up after 2 tries)"
+    )
+    assert not (tmp_path / "g.raw").exists()
+
+
+def test_digest_header_parsing() -> None:
+    assert digest_adler32("adler32=0A1B2C3D") == "0a1b2c3d"
+    assert digest_adler32("MD5=HUXZLQLMuI/KZ5KDcJPcOA==, ADLER32=1b2c3d") == "001b2c3d"
+    assert digest_adler32("md5=HUXZLQLMuI/KZ5KDcJPcOA==") is None
+    assert digest_adler32("adler32=not-hex") is None
+    assert digest_adler32("") is None
 
 
 # -- stage-out ----------------------------------------------------------------------------
