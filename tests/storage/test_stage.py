@@ -19,7 +19,7 @@ import pytest
 from runwatch.config import StorageSettings
 from runwatch.storage.checksum import adler32_file
 from runwatch.storage.http import digest_adler32
-from runwatch.storage.stage import StageError, stage_in, stage_out
+from runwatch.storage.stage import StageError, policy_of, stage_in, stage_out
 from runwatch.storage.urls import (
     URLError,
     is_file_url,
@@ -91,6 +91,13 @@ def test_root_urls() -> None:
 def test_join_url_rejects_paths_as_names() -> None:
     with pytest.raises(URLError, match="not a file name"):
         join_url("file:///data/", "../etc/passwd")
+
+
+def test_the_retry_policy_comes_from_the_job_spec() -> None:
+    """The scheduler renders ``[storage]`` into the spec; an older spec has the defaults."""
+    assert policy_of({"command": "true"}) == StorageSettings()
+    spec = {"storage": {"retries": 1, "backoff_seconds": 0.5, "timeout_seconds": 30.0}}
+    assert policy_of(spec) == StorageSettings(retries=1, backoff_seconds=0.5, timeout_seconds=30)
 
 
 # -- stage-in from files ------------------------------------------------------------------

@@ -23,7 +23,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from runwatch.config import StorageSettings
 from runwatch.storage import http, xrootd
@@ -47,7 +47,7 @@ Progress = Callable[[int], None]  # bytes copied so far, after each block
 Verify = Callable[[str, int], None]  # adler32 and size of a copy, before it is renamed
 
 
-def policy_of(spec: Mapping[str, Any]) -> StorageSettings:
+def policy_of(spec: Mapping[str, object]) -> StorageSettings:
     """The ``[storage]`` settings a job spec carries (``spec["storage"]``), else defaults."""
     return StorageSettings.model_validate(spec.get("storage") or {})
 
