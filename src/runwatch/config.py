@@ -181,6 +181,13 @@ class WebSettings(BaseModel):
     dn_roles: dict[str, str] = Field(
         default_factory=dict, description="Certificate DN -> role (viewer, shifter, expert, admin)."
     )
+    cache_seconds: float = Field(
+        2.0,
+        ge=0,
+        description="How long each server process reuses a recent-runs page it computed, "
+        "for everyone asking for the same page (live updates carry changes meanwhile); "
+        "0: compute every request.",
+    )
     detector: str = Field(
         "juno",
         description="Whose PMT positions the PMT map draws: an entry point of the "

@@ -20,6 +20,7 @@ from runwatch.dqm.models import AlarmState
 from runwatch.dqm.trends import quantities
 from runwatch.web import queries
 from runwatch.web.auth import require_read
+from runwatch.web.cache import ShortCache
 from runwatch.web.files import file_link
 from runwatch.web.state import app_db, app_settings
 
@@ -93,10 +94,23 @@ RunNumber = Annotated[int, Path(ge=0)]
 
 @router.get("/runs", response_model=queries.RunPage)
 def get_runs(
-    session: ReadSession, filters: Annotated[RunFilters, Depends(run_filters)]
+    request: Request, filters: Annotated[RunFilters, Depends(run_filters)]
 ) -> queries.RunPage:
-    """Recent runs: a page of runs with events, files, task progress and DQM verdict."""
-    return filters.query(session)
+    """Recent runs: a page of runs with events, files, task progress and DQM verdict
+    (at most ``[web] cache_seconds`` old)."""
+    return recent_runs(request, filters)
+
+
+def recent_runs(request: Request, filters: RunFilters) -> queries.RunPage:
+    """A page of recent runs, from the process's short cache (``runwatch.web.cache``); the
+    database is read only when the page is not there or too old."""
+
+    def compute() -> queries.RunPage:
+        with app_db(request).read_session() as session:
+            return filters.query(session)
+
+    cache: ShortCache = request.app.state.recent_runs
+    return cache.get(filters, compute)
 
 
 @router.get("/runs/{number}", response_model=queries.RunSummary)

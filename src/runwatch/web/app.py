@@ -19,6 +19,7 @@ from runwatch.db import Database
 from runwatch.ingest.api import router as ingest_router
 from runwatch.web import actions, api_v1, attempts_api, files, login, pages
 from runwatch.web.auth import install_auth
+from runwatch.web.cache import ShortCache
 from runwatch.web.live import router as live_router
 from runwatch.web.pmt_api import router as pmt_router
 
@@ -29,6 +30,7 @@ def create_app(settings: Settings, db: Database) -> FastAPI:
     app = FastAPI(title="runwatch", version=__version__)
     app.state.settings = settings
     app.state.db = db
+    app.state.recent_runs = ShortCache(settings.web.cache_seconds)
     app.include_router(ingest_router)
     install_auth(app)
     app.include_router(login.router)

@@ -16,25 +16,27 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.orm import Session
 
 from runwatch.catalogue.models import RunStatus
 from runwatch.dqm.histogram import HistogramFileError, read_file
 from runwatch.dqm.trends import quantities
 from runwatch.storage.urls import URLError, url_to_path
 from runwatch.web import queries
-from runwatch.web.api_v1 import RunFilters, alarm_states, linker
+from runwatch.web.api_v1 import RunFilters, alarm_states, linker, recent_runs
 from runwatch.web.auth import Principal, csrf_token, current_principal, require_read
 from runwatch.web.files import attempt_log
 from runwatch.web.models import Role
 from runwatch.web.state import app_db
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 router = APIRouter(tags=["pages"], dependencies=[Depends(require_read)], include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 
@@ -119,6 +121,12 @@ def form_filters(params: Mapping[str, str]) -> RunFilters:
     )
 
 
+def read(request: Request, query: Callable[[Session], T]) -> T:
+    """``query`` in a read-only session of its own."""
+    with app_db(request).read_session() as session:
+        return query(session)
+
+
 def choices(request: Request, name: str, find: Callable[[], list[str]]) -> list[str]:
     """A filter's choices (streams, trend quantities), found at most once a minute per
     app: finding them reads a whole table, which the pages themselves never do."""
@@ -141,9 +149,8 @@ def page_link(request: Request, page: int) -> str:
 @router.get("/", response_class=HTMLResponse)
 def runs_page(request: Request) -> HTMLResponse:
     filters = form_filters(request.query_params)
-    with app_db(request).read_session() as session:
-        found = filters.query(session)
-        streams = choices(request, "streams", lambda: queries.streams(session))
+    found = recent_runs(request, filters)
+    streams = choices(request, "streams", lambda: read(request, queries.streams))
     return render(
         request,
         "runs.html",
