@@ -150,6 +150,8 @@ def test_stage_in_missing_file_is_a_clear_error(tmp_path: Path) -> None:
         stage_in(missing.as_uri(), missing)
     with pytest.raises(StageError, match="unsupported URL scheme"):
         stage_in("s3://bucket/x", tmp_path / "x")
+    with pytest.raises(StageError, match="XRootD URL without a server"):
+        stage_in("root:///eos/x", tmp_path / "x")
 
 
 # -- stage-in over HTTP -------------------------------------------------------------------

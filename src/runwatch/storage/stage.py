@@ -28,13 +28,20 @@ from typing import BinaryIO
 from runwatch.config import StorageSettings
 from runwatch.storage import http, xrootd
 from runwatch.storage.checksum import CHUNK, adler32_file, adler32_hex, normalise_adler32
-from runwatch.storage.transfer import Deadline, StageError, TransientError, with_retries
+from runwatch.storage.transfer import (
+    Deadline,
+    Progress,
+    StageError,
+    TransientError,
+    with_retries,
+)
 from runwatch.storage.urls import (
     URLError,
     is_file_url,
     is_http_url,
     is_root_url,
     join_url,
+    split_root_url,
     url_to_path,
 )
 
@@ -43,7 +50,6 @@ __all__ = ["StageError", "part_name", "policy_of", "stage_in", "stage_out"]
 # Errors that mean "the storage takes no more bytes", worth one clear message.
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
-Progress = Callable[[int], None]  # bytes copied so far, after each block
 Verify = Callable[[str, int], None]  # adler32 and size of a copy, before it is renamed
 
 
@@ -79,6 +85,7 @@ def stage_in(
                 return dest
             fetch = _file_fetcher(url, source, dest, expected, progress)
         elif is_root_url(url):
+            split_root_url(url)  # a malformed URL fails here, before any try
             fetch = _root_fetcher(url, dest, expected, progress)
         elif is_http_url(url):
             fetch = _http_fetcher(url, dest, expected, progress)
@@ -86,7 +93,10 @@ def stage_in(
             raise StageError(f"{what}: unsupported URL scheme")
     except URLError as exc:
         raise StageError(f"{what}: {exc}") from exc
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StageError(f"{what}: {exc}") from exc
     with_retries(what, policy, fetch)
     return dest
 

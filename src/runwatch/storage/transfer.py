@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+Progress = Callable[[int], None]  # bytes copied so far, called after each block
+
 
 class StageError(Exception):
     """A file could not be staged in or out; the text says which file and why."""

@@ -18,13 +18,13 @@ import os
 import secrets
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from runwatch.storage.checksum import CHUNK, adler32_hex, normalise_adler32
-from runwatch.storage.transfer import Deadline, StageError, TransientError
+from runwatch.storage.transfer import Deadline, Progress, StageError, TransientError
 from runwatch.storage.urls import split_root_url
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,6 @@ TRANSIENT_ERRNOS = frozenset(
         3035,  # kXR_TimerExpired
     }
 )
-
-Progress = Callable[[int], None]
 
 
 @cache
@@ -151,9 +149,7 @@ class RemoteFile:
 @contextlib.contextmanager
 def reading(url: str, deadline: Deadline, what: str) -> Iterator[RemoteFile]:
     """``url`` open for reading (``StageError`` at once if it does not exist)."""
-    client = xrootd_client()
-    split_root_url(url)  # a malformed URL is a clear error, not a client message
-    handle = client.File()
+    handle = xrootd_client().File()
     _checked(handle.open(url, _flags().OpenFlags.READ, timeout=deadline.whole_seconds()), what)
     try:
         info = _checked(handle.stat(timeout=deadline.whole_seconds()), what)
