@@ -4,6 +4,7 @@ being stopped in the middle of a copy and started again."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import shutil
@@ -19,11 +20,16 @@ from typing import Any
 import pytest
 
 from runwatch.config import StorageSettings
+from runwatch.db import Database
+from runwatch.jobs.wrapper import EXIT_OK, run_attempt
 from runwatch.storage.checksum import adler32_file, adler32_hex
 from runwatch.storage.stage import StageError, stage_in, stage_out
 from runwatch.storage.urls import is_root_url, join_url, split_root_url
 from runwatch.storage.xrootd import xrootd_client
+from runwatch.workflow.models import Attempt
+from runwatch.workflow.states import AttemptState
 from tests.conftest import server_url
+from tests.jobs.test_wrapper import attempt_row, make_attempt
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 SERVICE_PIDFILE = Path("/run/runwatch-xrootd/xrootd.pid")  # scripts/services/xrootd.sh
@@ -161,6 +167,37 @@ def test_a_server_that_is_down_fails_after_the_retries(
             stage_out(source, nobody, "out.rec", fast(retries=1))
     assert len(retries_logged(caplog)) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.rec"]
+
+
+def test_a_job_reads_its_input_from_root_and_stores_its_output_there(
+    db: Database, folder: str, tmp_path: Path
+) -> None:
+    """The job wrapper end to end: a raw file on the server in, the output back to it."""
+    raw = folder + "raw/RUN.300.Physics.001.rtraw"
+    data = payload(2 * MB, seed=6)
+    put(raw, data)
+    workdir_input = tmp_path / "work" / "inputs" / "RUN.300.Physics.001.rtraw"
+    checksum = adler32_hex(zlib.adler32(data))
+    attempt_id = make_attempt(
+        db,
+        tmp_path,
+        f"sha256sum {workdir_input} > out.rec",
+        outputs={"rec": "out.rec"},
+        inputs=[{"url": raw, "path": str(workdir_input), "adler32": checksum}],
+    )
+    destination = folder + "Physics/300/rec/"
+    with db.session() as s:
+        attempt = s.get(Attempt, attempt_id)
+        assert attempt is not None
+        attempt.spec = {**attempt.spec, "destination": destination}
+    assert run_attempt(db, attempt_id, "worker-1") == EXIT_OK
+    attempt, _, outputs = attempt_row(db, attempt_id)
+    assert attempt.state is AttemptState.SUCCEEDED, attempt.reason
+    [out] = outputs
+    assert out.url == destination + "out.rec"
+    stored = get(out.url)
+    assert (out.size, out.adler32) == (len(stored), adler32_hex(zlib.adler32(stored)))
+    assert hashlib.sha256(data).hexdigest() in stored.decode()
 
 
 # -- the server stopped during a copy and started again -----------------------------------
