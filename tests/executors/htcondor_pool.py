@@ -13,7 +13,7 @@ import pwd
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import htcondor2
@@ -21,6 +21,7 @@ import pytest
 
 from runwatch.config import HTCondorSettings, SchedulerSettings, Settings
 from runwatch.db import Database
+from runwatch.executors.htcondor import parse_external_id
 from tests.conftest import _open, server_url
 
 
@@ -96,3 +97,11 @@ def condor_settings(root: Path, db: Database, job_user: str, **scheduler: float)
         ),
         htcondor=HTCondorSettings(slots=4, queue_ahead=4, job_user=job_user),
     )
+
+
+def job_ads(external_ids: Sequence[str], *attributes: str) -> list[htcondor2.classad.ClassAd]:
+    """The queue's ads of these jobs (the test's own look, not the executor's)."""
+    jobs = [parse_external_id(e) for e in external_ids]
+    assert all(jobs)
+    constraint = " || ".join(f"(ClusterId == {j.cluster} && ProcId == {j.proc})" for j in jobs if j)
+    return list(htcondor2.Schedd().query(constraint, list(attributes)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import htcondor2
@@ -22,6 +22,7 @@ from tests.executors.htcondor_pool import (
     condor_config,
     condor_db,
     condor_settings,
+    job_ads,
     job_user,
     poll_until,
     pool_root,
@@ -59,14 +60,6 @@ def shell_job(root: Path, n: int, script: str, **fields: object) -> JobRequest:
         **fields,
     }
     return JobRequest(**values)  # type: ignore[arg-type]
-
-
-def job_ads(external_ids: Sequence[str], *attributes: str) -> list[htcondor2.classad.ClassAd]:
-    """The queue's ads of these jobs (the test's own look, not the executor's)."""
-    jobs = [parse_external_id(e) for e in external_ids]
-    assert all(jobs)
-    constraint = " || ".join(f"(ClusterId == {j.cluster} && ProcId == {j.proc})" for j in jobs if j)
-    return list(htcondor2.Schedd().query(constraint, list(attributes)))
 
 
 def status_of(executor: HTCondorExecutor, external_id: str) -> JobInfo:

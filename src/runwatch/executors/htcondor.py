@@ -23,7 +23,13 @@ import htcondor2
 
 from runwatch.config import Settings
 from runwatch.executors.base import JobInfo, JobRequest, JobStatus
-from runwatch.executors.htcondor_submit import Batch, JobFiles, batches
+from runwatch.executors.htcondor_submit import (
+    HOME_ATTRIBUTE,
+    Batch,
+    JobFiles,
+    batches,
+    classad_string,
+)
 
 log = logging.getLogger(__name__)
 
@@ -179,12 +185,18 @@ class HTCondorExecutor:
         wanted = set(jobs)
         infos: dict[JobId, JobInfo] = {}
         held: dict[str, list[JobId]] = defaultdict(list)  # by hold reason
-        for ad in schedd.query(clusters_constraint(jobs), PROJECTION):
+        # Also every held job of ours, asked about or not: one held while it ran was
+        # killed by the pool, and its wrapper then recorded the attempt's end itself.
+        home = classad_string(str(self.files.home))
+        constraint = f"{clusters_constraint(jobs)} || "
+        constraint += f"(JobStatus == {HELD} && {HOME_ATTRIBUTE} =?= {home})"
+        for ad in schedd.query(constraint, PROJECTION):
             job = JobId(name, int(ad["ClusterId"]), int(ad["ProcId"]))
+            info = job_info(ad)
             if job in wanted:
-                infos[job] = info = job_info(ad)
-                if int(ad["JobStatus"]) == HELD:
-                    held[info.reason or ""].append(job)
+                infos[job] = info
+            if int(ad["JobStatus"]) == HELD:
+                held[info.reason or ""].append(job)
         for reason, jobs_held in held.items():
             # A held job would wait for an operator; its attempt has ended. The removal
             # keeps the reason, for polls after this one.

@@ -34,6 +34,7 @@ from runwatch.workflow.supervise import timeout_grace
 
 ATTEMPT_ATTRIBUTE = "RunwatchAttempt"  # in every job ad: which attempt the job runs
 TASK_ATTRIBUTE = "RunwatchTask"
+HOME_ATTRIBUTE = "RunwatchHome"  # the deployment's work_root: whose job it is
 # The pool removes a job this long after the scheduler's own limit would have: the
 # scheduler (and before it the wrapper) should act first, the pool only if they cannot.
 POOL_GRACE_S = 30.0
@@ -77,7 +78,7 @@ def _merge(lines: dict[str, tuple[str, str]], extra: Mapping[str, Any]) -> None:
 class JobFiles:
     """Where the jobs' folders and environment files go, and who must own them."""
 
-    env_folder: Path
+    home: Path  # the work root
     owner: tuple[int, int] | None = None  # uid, gid of [htcondor] job_user
     _made: set[Path] = field(default_factory=set)
     _written: set[str] = field(default_factory=set)
@@ -88,7 +89,11 @@ class JobFiles:
         if settings.job_user:
             entry = pwd.getpwnam(settings.job_user)
             owner = (entry.pw_uid, entry.pw_gid)
-        return cls(Path(work_root) / "htcondor" / "env", owner)
+        return cls(Path(work_root), owner)
+
+    @property
+    def env_folder(self) -> Path:
+        return self.home / "htcondor" / "env"
 
     def folder(self, path: Path, remember: bool = True) -> None:
         """Make ``path`` and its missing parents, owned by the job user if one is set (the
@@ -157,6 +162,7 @@ def job_lines(
             "request_cpus": str(max(1, job.threads)),
             f"+{ATTEMPT_ATTRIBUTE}": str(job.attempt_id),
             f"+{TASK_ATTRIBUTE}": classad_string(job.task_key),
+            f"+{HOME_ATTRIBUTE}": classad_string(str(files.home)),
         },
     )
     # MiB and KiB; 0 asks for the pool's default, which condor_submit would fill in.

@@ -1,0 +1,255 @@
+"""The engine on the HTCondor executor: a chain of steps through the personal pool, a job
+the pool holds, and kill -9 of schedulers while jobs run in the pool (every task must end
+exactly once). The jobs run the real wrapper, which records into PostgreSQL."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import htcondor2
+import pytest
+import sqlalchemy as sa
+
+from runwatch.catalogue.models import RunStatus
+from runwatch.db import Database, utcnow
+from runwatch.executors.htcondor import HTCondorExecutor, parse_external_id
+from runwatch.ingest.service import receive
+from runwatch.storage.checksum import adler32_file
+from runwatch.workflow.models import Attempt, Task, TaskOutput
+from runwatch.workflow.states import AttemptState, TaskState
+from tests.executors.htcondor_pool import (
+    condor_config,
+    condor_db,
+    condor_settings,
+    job_ads,
+    job_user,
+    poll_until,
+    pool_root,
+)
+from tests.workflow.engine import (
+    announce_run,
+    message,
+    raw_file,
+    run_statuses,
+    running_scheduler,
+    write_pipeline,
+)
+from tests.workflow.test_crash import SLOW_CHAIN, kill, living_active_pid, start_scheduler
+
+__all__ = ["condor_config", "condor_db", "job_user", "pool_root"]  # fixtures in use
+
+pytestmark = pytest.mark.slow
+
+
+def attempts(db: Database) -> list[Attempt]:
+    with db.session() as s:
+        return list(s.scalars(sa.select(Attempt).order_by(Attempt.id)))
+
+
+def all_completed(db: Database, runs: int) -> bool:
+    statuses = run_statuses(db)
+    return len(statuses) == runs and all(s is RunStatus.ALL_COMPLETED for s in statuses.values())
+
+
+def test_a_chain_of_steps_runs_in_the_pool(
+    pool_root: Path, condor_db: Database, job_user: str
+) -> None:
+    settings = condor_settings(pool_root, condor_db, job_user)
+    write_pipeline(settings)
+    announce_run(condor_db, pool_root / "raw", 500, 3)
+    started = time.monotonic()
+    with running_scheduler(settings, condor_db, HTCondorExecutor(settings)):
+        poll_until(lambda: all_completed(condor_db, 1), 240, "run 500 All Completed")
+    elapsed = time.monotonic() - started
+    done = attempts(condor_db)
+    assert len(done) == 3 * 3 + 1, [(a.id, a.state, a.reason) for a in done]
+    assert {a.state for a in done} == {AttemptState.SUCCEEDED}
+    assert all(
+        a.executor == "htcondor" and (a.external_id or "").startswith("htcondor:") for a in done
+    )
+    merged = pool_root / "data" / "Physics" / "500" / "merge" / "run500.merged"
+    assert [int(n) for n in merged.read_text().split()] == [
+        len(f"run 500 file {q} payload\n") * (q + 1) for q in (1, 2, 3)
+    ]
+    print(f"10 tasks in the pool in {elapsed:.1f} s")
+
+
+IDLE = """\
+name: idle
+streams: [Physics]
+steps:
+  wait:
+    command: "true"
+    retries: 0
+    outputs: {out: "{{ file.stem }}.out"}
+    submit:
+      htcondor: {requirements: "False"}
+"""
+
+OVERTIME = """\
+name: overtime
+streams: [Physics]
+steps:
+  sleep:
+    command: "sleep 120"
+    retries: 0
+    outputs: {out: "{{ file.stem }}.out"}
+    submit:
+      htcondor: {allowed_job_duration: "3"}
+"""
+
+
+def test_held_jobs_end_their_attempts_and_leave_the_queue(
+    pool_root: Path, condor_db: Database, job_user: str
+) -> None:
+    settings = condor_settings(pool_root, condor_db, job_user)
+    write_pipeline(settings, IDLE, "idle.yaml")
+    write_pipeline(settings, OVERTIME, "overtime.yaml")
+    announce_run(condor_db, pool_root / "raw", 501, 1)
+
+    def attempt_of(pipeline: str) -> Attempt | None:
+        with condor_db.session() as s:
+            return s.scalars(
+                sa.select(Attempt).join(Task).where(Task.pipeline == pipeline)
+            ).one_or_none()
+
+    def ended(pipeline: str) -> bool:
+        attempt = attempt_of(pipeline)
+        return attempt is not None and attempt.ended_at is not None
+
+    executor = HTCondorExecutor(settings)
+    with running_scheduler(settings, condor_db, executor):
+        # Held by the pool while it runs (over its time limit): the pool sends SIGTERM
+        # first, so the wrapper records the kill; poll then takes the job out of the queue.
+        poll_until(lambda: ended("overtime"), 120, "the job over its time to end")
+        overtime = attempt_of("overtime")
+        assert overtime is not None and overtime.external_id is not None
+        assert overtime.reason == "killed (SIGTERM)", overtime.reason
+        over_id = overtime.external_id
+        poll_until(lambda: not job_ads([over_id], "JobStatus"), 60, "the held job to leave")
+        # Held by an operator before it ran: the scheduler ends the attempt with the reason.
+        waiting = attempt_of("idle")
+        assert waiting is not None and waiting.external_id is not None
+        assert waiting.ended_at is None
+        job = parse_external_id(waiting.external_id)
+        assert job is not None
+        htcondor2.Schedd().act(htcondor2.JobAction.Hold, [job.job], ("bad calibration", 0))
+        poll_until(lambda: ended("idle"), 60, "the held job's attempt to end")
+    held = attempt_of("idle")
+    assert held is not None and held.state is AttemptState.LOST, held
+    assert held.reason is not None and "held by HTCondor: bad calibration" in held.reason
+    with condor_db.session() as s:
+        task = s.scalars(sa.select(Task).where(Task.pipeline == "idle")).one()
+    assert task.state is TaskState.FAILED and task.reason == held.reason
+    idle_id = waiting.external_id
+    poll_until(lambda: not job_ads([idle_id], "JobStatus"), 60, "the held job to leave")
+
+
+# -- kill -9 of the scheduler while jobs run in the pool -----------------------------------
+
+RUNS = {410: 4, 411: 4}  # files per run: 4 * 3 + 1 tasks each
+
+CRASH_CONFIG = """\
+database_url = "{db}"
+data_root = "{root}/data"
+work_root = "{root}/work"
+pipelines = "{root}/pipelines"
+
+[scheduler]
+executor = "htcondor"
+tick_seconds = 0.2
+backoff_seconds = 0.05
+backoff_max_seconds = 0.2
+heartbeat_timeout_seconds = 60
+submit_grace_seconds = 5
+lease_seconds = 1.5
+
+[htcondor]
+slots = 4
+queue_ahead = 4
+job_user = "{job_user}"
+"""
+
+
+def announce(db: Database, raw: Path, rng: random.Random, done: threading.Event) -> None:
+    """The runs' files, interleaved, at random short intervals."""
+    order = [(run, seq) for seq in range(1, max(RUNS.values()) + 1) for run in RUNS]
+    for run, seq in order:
+        path = raw_file(raw, run, seq)
+        with db.session() as s:
+            receive(s, message(path, run, seq, end_of_run=seq == RUNS[run]), "test", None, utcnow())
+        time.sleep(rng.uniform(0.0, 0.5))
+    done.set()
+
+
+def test_kill_minus_nine_of_schedulers_while_jobs_run_in_the_pool(
+    pool_root: Path, condor_db: Database, job_user: str, condor_config: str
+) -> None:
+    rng = random.Random(20251129)
+    root = pool_root
+    (root / "runwatch.toml").write_text(
+        CRASH_CONFIG.format(db=condor_db.url, root=root, job_user=job_user)
+    )
+    (root / "pipelines" / "chain.yaml").write_text(SLOW_CHAIN)
+    schedulers = [start_scheduler(root), start_scheduler(root)]
+    announced = threading.Event()
+    feeder = threading.Thread(target=announce, args=(condor_db, root / "raw", rng, announced))
+    feeder.start()
+    kills = 0
+    try:
+        for _ in range(4):
+            # Once jobs run in the pool, kill the scheduler that leads.
+            poll_until(lambda: _running(condor_db), 120, "jobs running in the pool")
+            time.sleep(rng.uniform(0.5, 2.0))
+            pid = living_active_pid(condor_db, 60.0)
+            kill(pid)
+            kills += 1
+            schedulers.append(start_scheduler(root))
+        feeder.join()
+        poll_until(lambda: all_completed(condor_db, len(RUNS)), 240, "both runs All Completed")
+    finally:
+        feeder.join()
+        for proc in schedulers:
+            proc.kill()
+            proc.wait()
+    assert kills == 4
+    check_exactly_once(condor_db, root)
+
+
+def _running(db: Database) -> bool:
+    with db.session() as s:
+        count = s.scalar(sa.select(sa.func.count()).where(Attempt.state == AttemptState.RUNNING))
+    return bool(count)
+
+
+def check_exactly_once(db: Database, root: Path) -> None:
+    """Every task DONE by exactly one successful attempt; every output recorded once,
+    whole, and nothing else on disk (test_crash's check, for these runs)."""
+    with db.session() as s:
+        tasks = s.scalars(sa.select(Task)).all()
+        assert len(tasks) == sum(RUNS.values()) * 3 + len(RUNS)
+        assert Counter(t.state for t in tasks) == {TaskState.DONE: len(tasks)}
+        succeeded = Counter(
+            s.scalars(
+                sa.select(Attempt.task_id).where(Attempt.state == AttemptState.SUCCEEDED)
+            ).all()
+        )
+        assert set(succeeded.values()) == {1}, "a task succeeded more than once"
+        assert len(succeeded) == len(tasks)
+        outputs = s.scalars(sa.select(TaskOutput)).all()
+    assert len(outputs) == len(tasks)
+    recorded = {Path(o.url.removeprefix("file://")): o for o in outputs}
+    on_disk = {p for p in (root / "data").rglob("*") if p.is_file()}
+    assert on_disk == set(recorded), "stray or missing output files"
+    for path, out in recorded.items():
+        assert adler32_file(path) == out.adler32 and path.stat().st_size == out.size
+    for run, files in RUNS.items():
+        merged = root / "data" / "Physics" / str(run) / "merge" / f"run{run}.merged"
+        sizes = [int(x) for x in merged.read_text().split()]
+        assert sizes == [
+            len(f"run {run} file {q} payload\n") * (q + 1) for q in range(1, files + 1)
+        ]
