@@ -44,18 +44,45 @@ def openssl(*args: str) -> None:
 def make_certificates(folder: Path) -> None:
     """A CA, the server's certificate for 127.0.0.1, a shifter's certificate from the CA,
     and a stranger's self-signed one."""
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-            "/CN=Test CA", "-keyout", f"{folder}/ca.key", "-out", f"{folder}/user-cas.pem")  # fmt: skip
+    self_signed(folder, "/CN=Test CA", "ca.key", "user-cas.pem")
     for name, subject in (("server", "/CN=127.0.0.1"), ("shifter", SHIFTER)):
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject,
-                "-keyout", f"{folder}/{name}.key", "-out", f"{folder}/{name}.csr")  # fmt: skip
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            subject,
+            "-keyout",
+            f"{folder}/{name}.key",
+            "-out",
+            f"{folder}/{name}.csr",
+        )
         extensions = folder / f"{name}.ext"
         extensions.write_text("subjectAltName=IP:127.0.0.1\n" if name == "server" else "")
-        openssl("x509", "-req", "-in", f"{folder}/{name}.csr", "-CA", f"{folder}/user-cas.pem",
-                "-CAkey", f"{folder}/ca.key", "-CAcreateserial", "-days", "2",
-                "-extfile", str(extensions), "-out", f"{folder}/{name}.crt")  # fmt: skip
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-            "/CN=Stranger", "-keyout", f"{folder}/stranger.key", "-out", f"{folder}/stranger.crt")  # fmt: skip
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{folder}/{name}.csr",
+            "-CA",
+            f"{folder}/user-cas.pem",
+            "-CAkey",
+            f"{folder}/ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            str(extensions),
+            "-out",
+            f"{folder}/{name}.crt",
+        )
+    self_signed(folder, "/CN=Stranger", "stranger.key", "stranger.crt")
+
+
+def self_signed(folder: Path, subject: str, key: str, cert: str) -> None:
+    new = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", subject]
+    openssl(*new, "-keyout", str(folder / key), "-out", str(folder / cert))
 
 
 def nginx_config(folder: Path, listen: int, upstream: int) -> Path:
