@@ -4,6 +4,7 @@
 #
 #   scripts/services-up.sh                      # all of them
 #   scripts/services-up.sh postgres rabbitmq    # only these
+#   scripts/services-up.sh --print-env slurm    # only print the tests' VAR=value lines
 #
 # Idempotent: a server that already answers is left alone, so this is safe to run again
 # (and on a machine where someone else started the servers). Each service is one pair of
@@ -116,24 +117,30 @@ for service_file in "$(dirname "$0")"/services/*.sh; do
   source "$service_file"
 done
 
+env_postgres() { echo "RUNWATCH_TEST_POSTGRES_URL=postgresql+psycopg://ci:ci@127.0.0.1/citest"; }
+env_mariadb() { echo "RUNWATCH_TEST_MARIADB_URL=mysql+pymysql://ci:ci@127.0.0.1/citest"; }
+env_rabbitmq() { echo "RUNWATCH_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2F"; }
+
 main() {
+  local print_only=false
+  if [ "${1:-}" = --print-env ]; then
+    print_only=true
+    shift
+  fi
   local services=("$@") name
   [ ${#services[@]} -eq 0 ] && services=("${ALL_SERVICES[@]}")
   for name in "${services[@]}"; do
     declare -F "start_$name" >/dev/null \
       || die "unknown service '$name' (known: ${ALL_SERVICES[*]})"
   done
+  if $print_only; then
+    for name in "${services[@]}"; do "env_$name"; done
+    return 0
+  fi
   for name in "${services[@]}"; do "install_$name"; done
   for name in "${services[@]}"; do "start_$name"; done
   echo "Test servers are up. For the tests, set:"
-  for name in "${services[@]}"; do
-    case $name in
-      postgres) echo "  export RUNWATCH_TEST_POSTGRES_URL=postgresql+psycopg://ci:ci@127.0.0.1/citest" ;;
-      mariadb) echo "  export RUNWATCH_TEST_MARIADB_URL=mysql+pymysql://ci:ci@127.0.0.1/citest" ;;
-      rabbitmq) echo "  export RUNWATCH_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2F" ;;
-      *) declare -F "env_$name" >/dev/null && "env_$name" | sed 's/^/  export /' ;;
-    esac
-  done
+  for name in "${services[@]}"; do "env_$name" | sed 's/^/  export /'; done
 }
 
 main "$@"

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Test runwatch in one command, on a fresh Debian 12 machine or an already set-up one:
-# installs runwatch with its test tools, starts the real PostgreSQL, MariaDB and RabbitMQ
-# servers the tests use (scripts/services-up.sh; installed with apt-get if missing), then
-# runs the linters, the type checker and the tests. Extra arguments go to pytest:
+# installs runwatch with its test tools, starts the real servers the tests use
+# (scripts/services-up.sh: PostgreSQL, MariaDB, RabbitMQ, a single-node Slurm, an HTCondor
+# personal pool and XRootD; installed with apt-get if missing), then runs the linters, the
+# type checker and the tests. Extra arguments go to pytest:
 #
 #   bash scripts/test.sh
 #   bash scripts/test.sh tests/workflow -x -k lease
 #
 # With RUNWATCH_TEST_REQUIRE_SERVICES=1 (set here) a test that needs a server fails rather
-# than skips when the server is missing, so a pass means every test ran. The server URLs
-# can be pointed elsewhere by setting RUNWATCH_TEST_POSTGRES_URL, RUNWATCH_TEST_MARIADB_URL
-# and RUNWATCH_TEST_AMQP_URL before running this.
+# than skips when the server is missing, so a pass means every test ran. The servers can
+# be pointed elsewhere by setting their RUNWATCH_TEST_* variables (tests/conftest.py)
+# before running this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -74,10 +75,13 @@ apt_install chromium
 bash scripts/build-web.sh
 
 begin services
-bash scripts/services-up.sh postgres mariadb rabbitmq
-export RUNWATCH_TEST_POSTGRES_URL=${RUNWATCH_TEST_POSTGRES_URL:-postgresql+psycopg://ci:ci@127.0.0.1/citest}
-export RUNWATCH_TEST_MARIADB_URL=${RUNWATCH_TEST_MARIADB_URL:-mysql+pymysql://ci:ci@127.0.0.1/citest}
-export RUNWATCH_TEST_AMQP_URL=${RUNWATCH_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2F}
+# Every server the tests use, and its VAR=value for them (a variable already set wins, so
+# the servers can be pointed elsewhere).
+SERVICES=(postgres mariadb rabbitmq slurm htcondor xrootd)
+bash scripts/services-up.sh "${SERVICES[@]}"
+while IFS='=' read -r name value; do
+  [ -n "${!name:-}" ] || export "$name=$value"
+done < <(bash scripts/services-up.sh --print-env "${SERVICES[@]}")
 export RUNWATCH_TEST_REQUIRE_SERVICES=1
 env | grep '^RUNWATCH_TEST_' | sort | sed 's/^/  using /'
 
