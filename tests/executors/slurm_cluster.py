@@ -158,7 +158,16 @@ def node_down(reason: str) -> Iterator[str]:
     try:
         yield node
     finally:
-        scontrol("update", f"nodename={node}", "state=resume")
+        # With ReturnToService=2 the node may be back already, when slurmd registers.
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], check=False)
+        wait_for(node_ready, 60, "the node back in service")
+
+
+def node_ready() -> bool:
+    states = subprocess.run(
+        ["sinfo", "--noheader", "--format=%T"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    return bool(states) and all(s in ("idle", "mixed", "allocated") for s in states)
 
 
 def start_now(ext: str) -> None:

@@ -1,0 +1,281 @@
+"""The engine on the real single-node Slurm: the chain end to end, a job requeued by Slurm,
+a node that dies mid-job, and kill -9 of the scheduler while jobs run in Slurm."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from runwatch.catalogue.models import RunStatus
+from runwatch.config import Settings
+from runwatch.db import Database, utcnow
+from runwatch.executors.base import JobInfo, JobStatus
+from runwatch.executors.slurm import SlurmExecutor
+from runwatch.ingest.service import receive
+from runwatch.storage.checksum import adler32_file
+from runwatch.workflow.models import Attempt, Task, TaskOutput
+from runwatch.workflow.states import AttemptState, TaskState
+from tests.executors.slurm_cluster import (
+    cancel_jobs_under,
+    job_id,
+    job_processes,
+    kill_job_processes,
+    node_down,
+    scontrol,
+    slurm_executor,
+    slurm_settings,
+    start_now,
+    wait_for_status,
+)
+from tests.waiting import wait_for
+from tests.workflow.engine import (
+    CHAIN,
+    announce_run,
+    message,
+    raw_file,
+    run_statuses,
+    running_scheduler,
+    write_pipeline,
+)
+from tests.workflow.test_crash import CONFIG, SLOW_CHAIN, kill, living_active_pid, start_scheduler
+
+pytestmark = pytest.mark.slow  # jobs in Slurm take seconds to start and end
+
+# The first step sleeps, so that the test can requeue its job or kill its node meanwhile.
+SLEEPY_CALIB = CHAIN.replace('command: "cp', 'command: "sleep 12; cp', 1)
+
+
+@pytest.fixture
+def on_slurm(settings: Settings) -> Settings:
+    return slurm_settings(settings)
+
+
+@pytest.fixture
+def executor(on_slurm: Settings) -> Iterator[SlurmExecutor]:
+    with slurm_executor(on_slurm) as executor:
+        yield executor
+
+
+def all_completed(db: Database, runs: list[int]) -> bool:
+    statuses = run_statuses(db)
+    return all(statuses.get(r) is RunStatus.ALL_COMPLETED for r in runs)
+
+
+def succeeded_once_each(db: Database) -> list[Task]:
+    """Every task DONE with exactly one successful attempt and one output per output name;
+    the tasks."""
+    with db.session() as s:
+        tasks = list(s.scalars(sa.select(Task)))
+        assert {t.state for t in tasks} == {TaskState.DONE}
+        succeeded = Counter(
+            s.scalars(sa.select(Attempt.task_id).where(Attempt.state == AttemptState.SUCCEEDED))
+        )
+        assert succeeded == dict.fromkeys((t.id for t in tasks), 1), "not exactly once"
+        outputs = list(s.scalars(sa.select(TaskOutput)))
+    assert Counter(o.task_id for o in outputs) == dict.fromkeys((t.id for t in tasks), 1)
+    for out in outputs:
+        path = Path(out.url.removeprefix("file://"))
+        assert adler32_file(path) == out.adler32 and path.stat().st_size == out.size
+    return tasks
+
+
+@pytest.mark.parametrize("any_db_url", ["sqlite", "postgres"], indirect=True)
+def test_the_chain_runs_on_slurm_to_all_completed(
+    any_db: Database, on_slurm: Settings, executor: SlurmExecutor, tmp_path: Path
+) -> None:
+    settings = on_slurm.model_copy(update={"database_url": any_db.url})
+    write_pipeline(settings)
+    announce_run(any_db, tmp_path / "raw", 100, 3)
+    announce_run(any_db, tmp_path / "raw", 101, 2)
+    with running_scheduler(settings, any_db, SlurmExecutor(settings)):
+        wait_for(lambda: all_completed(any_db, [100, 101]), 240, "both runs All Completed")
+    tasks = succeeded_once_each(any_db)
+    assert len(tasks) == 5 * 3 + 2
+    with any_db.session() as s:
+        attempts = list(s.scalars(sa.select(Attempt)))
+    assert {a.state for a in attempts} == {AttemptState.SUCCEEDED}
+    assert all(
+        a.executor == "slurm" and (a.external_id or "").startswith("slurm:") for a in attempts
+    )
+    merged = Path(settings.data_root) / "Physics" / "101" / "merge" / "run101.merged"
+    assert [int(x) for x in merged.read_text().split()] == [
+        len(f"run 101 file {q} payload\n") * (q + 1) for q in (1, 2)
+    ]
+
+
+def running_calib(db: Database, executor: SlurmExecutor) -> tuple[int, str]:
+    """The calib attempt once its step runs in Slurm: its id and external id."""
+    found: list[tuple[int, str]] = []
+
+    def sleeping() -> bool:
+        with db.session() as s:
+            row = s.execute(
+                sa.select(Attempt.id, Attempt.external_id)
+                .join(Task, Task.id == Attempt.task_id)
+                .where(Task.step == "calib", Attempt.state == AttemptState.RUNNING)
+            ).first()
+        if row is None or row[1] is None:
+            return False
+        found.append((row[0], row[1]))
+        return any(p.name() == "sleep" for p in job_processes(row[1]))
+
+    wait_for(sleeping, 120, "the calib step running in Slurm")
+    return found[-1]
+
+
+def attempts_of_calib(db: Database) -> list[Attempt]:
+    with db.session() as s:
+        return list(
+            s.scalars(
+                sa.select(Attempt)
+                .join(Task, Task.id == Attempt.task_id)
+                .where(Task.step == "calib")
+                .order_by(Attempt.id)
+            )
+        )
+
+
+def requeued(executor: SlurmExecutor, ext: str) -> JobInfo:
+    """The job's status once Slurm has requeued it (QUEUED, saying so)."""
+    info = wait_for_status(executor, ext, JobStatus.QUEUED, 60)
+    assert info.reason is not None and "requeued 1x" in info.reason, info
+    return info
+
+
+def test_a_job_slurm_requeues_still_runs_its_task_exactly_once(
+    db: Database, on_slurm: Settings, executor: SlurmExecutor, tmp_path: Path
+) -> None:
+    """Slurm requeues a running job (as for preemption): the wrapper is sent SIGTERM and
+    records the attempt as killed; the task's next attempt runs it; the job's second start
+    finds its attempt ended and does nothing."""
+    write_pipeline(on_slurm, SLEEPY_CALIB)
+    announce_run(db, tmp_path / "raw", 200, 1)
+    with running_scheduler(on_slurm, db, SlurmExecutor(on_slurm)):
+        attempt_id, ext = running_calib(db, executor)
+        scontrol("requeue", job_id(ext))
+        requeued(executor, ext)
+        start_now(ext)
+        wait_for(lambda: all_completed(db, [200]), 180, "the run All Completed")
+    succeeded_once_each(db)
+    first, second = attempts_of_calib(db)
+    assert (first.id, first.state, first.reason) == (
+        attempt_id,
+        AttemptState.FAILED,
+        "killed (SIGTERM)",
+    )
+    assert second.state is AttemptState.SUCCEEDED
+    info = wait_for_status(executor, ext, JobStatus.GONE, 120)  # its second start
+    assert info.exit_code == 0
+    assert first.log_path is not None
+    log = Path(first.log_path).read_text()
+    assert "DUE TO JOB REQUEUE" in log and f"attempt {attempt_id} was given up" in log
+
+
+def test_a_node_that_dies_mid_job_requeues_it_and_the_task_ends_once(
+    db: Database, on_slurm: Settings, executor: SlurmExecutor, tmp_path: Path
+) -> None:
+    """The job's processes die with their node (kill -9, no word to the database); Slurm
+    marks the node DOWN and requeues the job. The attempt stays RUNNING while the job
+    waits (the heartbeat limit is long here): the job's second start finds the attempt
+    taken and ends at once, and the scheduler then declares it lost and retries the task."""
+    settings = on_slurm.model_copy(
+        update={
+            "scheduler": on_slurm.scheduler.model_copy(update={"heartbeat_timeout_seconds": 600})
+        }
+    )
+    write_pipeline(settings, SLEEPY_CALIB)
+    announce_run(db, tmp_path / "raw", 201, 1)
+    with running_scheduler(settings, db, SlurmExecutor(settings)):
+        attempt_id, ext = running_calib(db, executor)
+        assert kill_job_processes(ext) >= 3  # slurmstepd, the wrapper, the step
+        with node_down("runwatch test: node died"):
+            requeued(executor, ext)
+        assert attempts_of_calib(db)[0].state is AttemptState.RUNNING  # not decided yet
+        start_now(ext)
+        wait_for(lambda: all_completed(db, [201]), 180, "the run All Completed")
+    succeeded_once_each(db)
+    first, second = attempts_of_calib(db)
+    assert (first.id, first.state) == (attempt_id, AttemptState.LOST)
+    assert first.reason is not None and "Slurm job COMPLETED (requeued 1x)" in first.reason
+    assert second.state is AttemptState.SUCCEEDED
+
+
+# -- kill -9 of the scheduler -------------------------------------------------------------
+
+CRASH_RUNS = {310: 5, 311: 5}
+
+
+def crash_config(root: Path, partition: str) -> str:
+    return (
+        CONFIG.format(root=root)
+        + 'executor = "slurm"\n\n[slurm]\n'
+        + f'partition = "{partition}"\nslots = 8\nqueue_ahead = 8\n'
+    )
+
+
+def jobs_running_under(root: Path) -> int:
+    shown = subprocess.run(
+        ["squeue", "--noheader", "--states=RUNNING", "--format=%Z"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    return sum(Path(workdir).is_relative_to(root) for workdir in shown)
+
+
+def feed(db: Database, raw: Path, rng: random.Random) -> None:
+    for seq in range(1, 6):
+        for run, files in CRASH_RUNS.items():
+            path = raw_file(raw, run, seq)
+            last = seq == files
+            with db.session() as s:
+                receive(s, message(path, run, seq, end_of_run=last), "test", None, utcnow())
+            time.sleep(rng.uniform(0.0, 0.5))
+
+
+def test_kill_minus_nine_of_the_scheduler_while_jobs_run_in_slurm(
+    on_slurm: Settings, tmp_path: Path
+) -> None:
+    rng = random.Random(20261129)
+    root = tmp_path
+    (root / "runwatch.toml").write_text(crash_config(root, on_slurm.slurm.partition))
+    (root / "pipelines" / "chain.yaml").write_text(SLOW_CHAIN)
+    db = Database(f"sqlite:///{root}/runwatch.db")
+    db.upgrade()
+    schedulers = [start_scheduler(root), start_scheduler(root)]
+    feeder = threading.Thread(target=feed, args=(db, root / "raw", rng))
+    feeder.start()
+    kills = 0
+    try:
+        for _ in range(4):
+            wait_for(lambda: jobs_running_under(root / "work") > 0, 120, "jobs running in Slurm")
+            time.sleep(rng.uniform(0.0, 1.5))
+            kill(living_active_pid(db, 60.0))
+            kills += 1
+            schedulers.append(start_scheduler(root))
+        feeder.join()
+        wait_for(lambda: all_completed(db, list(CRASH_RUNS)), 240, "both runs All Completed")
+    finally:
+        feeder.join()
+        for proc in schedulers:
+            proc.kill()
+            proc.wait()
+        cancel_jobs_under(root / "work")
+    assert kills == 4
+    tasks = succeeded_once_each(db)
+    assert len(tasks) == 10 * 3 + 2
+    on_disk = {p for p in (root / "data").rglob("*") if p.is_file()}
+    assert len(on_disk) == len(tasks), "stray or missing output files"
+    for run, files in CRASH_RUNS.items():
+        merged = root / "data" / "Physics" / str(run) / "merge" / f"run{run}.merged"
+        assert [int(x) for x in merged.read_text().split()] == [
+            len(f"run {run} file {q} payload\n") * (q + 1) for q in range(1, files + 1)
+        ]
