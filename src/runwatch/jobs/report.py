@@ -16,13 +16,15 @@ gave the attempt up), and records how it ended. Two implementations:
 When the server cannot be reached (refused, timed out, a 5xx answer) the HTTP reporter
 retries with backoff until ``[worker] report_retry_seconds`` have passed. A heartbeat that
 fails is only logged: the scheduler's heartbeat timeout decides whether the attempt lives.
-A report that fails once is kept in ``runwatch-report.json`` in the attempt's work
-directory (written atomically) until it is delivered; if the deadline passes, the file
-stays and ``flush`` (``python -m runwatch.jobs.report SPOOL``) delivers it later.
+A report is kept in ``runwatch-report.json`` in the attempt's work directory (written
+atomically, before it is first sent) until the server has answered it; if the deadline
+passes, the file stays and ``flush`` (``python -m runwatch.jobs.report SPOOL``) delivers
+it later.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -237,9 +239,13 @@ class HttpReporter:
     ) -> bool:
         del policy  # the server applies the retry policy of the job it rendered
         document = outcome_document(outcome)
-        spool = attempt_workdir(attempt_id, claimed.workdir if claimed else None) / SPOOL_NAME
+        workdir = attempt_workdir(attempt_id, claimed.workdir if claimed else None)
+        spool = workdir / SPOOL_NAME
+        # Kept before it is sent: a wrapper killed while it waits for the server (say, at
+        # its wall-time limit) leaves the report behind, not nothing.
+        write_spool(spool, self.spool_document(attempt_id, document))
         try:
-            return self.finish(attempt_id, document)
+            recorded = self.finish(attempt_id, document)
         except Unreachable as exc:
             log.warning(
                 "attempt %d: cannot reach %s (%s); report kept in %s, retrying for %g s",
@@ -249,8 +255,10 @@ class HttpReporter:
                 spool,
                 self.retry_s,
             )
-        write_spool(spool, self.spool_document(attempt_id, document))
-        recorded = self.deliver(attempt_id, document, spool)
+            recorded = self.deliver(attempt_id, document, spool)
+        spool.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            workdir.rmdir()  # made again for the spool file after a success emptied it
         return recorded
 
     def spool_document(self, attempt_id: int, outcome: Mapping[str, Any]) -> dict[str, Any]:

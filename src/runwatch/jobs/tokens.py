@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -43,15 +44,15 @@ def load_secret(path: Path) -> bytes:
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A name of its own (the web server's threads may race each other too), mode 0600.
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as stream:
             stream.write(secrets.token_hex(SECRET_BYTES) + "\n")
         with contextlib.suppress(FileExistsError):
             os.link(temporary, path)
     finally:
-        temporary.unlink(missing_ok=True)
+        os.unlink(temporary)
     return _read(path)
 
 
