@@ -27,4 +27,11 @@ mkdir -p "$vendor/jsroot"
 cp -r "$jsroot/modules" "$jsroot/fonts" "$jsroot/LICENSE" "$vendor/jsroot/"
 node -e 'console.log(require(process.argv[1]).version)' "$PWD/$jsroot/package.json" \
   > "$vendor/jsroot/VERSION"
-echo "build-web: JSROOT $(cat "$vendor/jsroot/VERSION") in $vendor ($(du -sh "$vendor" | cut -f1))"
+
+# Swagger UI for the API's /docs page, served from here rather than from a CDN: the site
+# must work with no internet (a control room network).
+swagger=$frontend/node_modules/swagger-ui-dist
+mkdir -p "$vendor/swagger-ui"
+cp "$swagger/swagger-ui-bundle.js" "$swagger/swagger-ui.css" "$swagger/favicon-32x32.png" \
+  "$swagger/LICENSE" "$vendor/swagger-ui/"
+echo "build-web: JSROOT $(cat "$vendor/jsroot/VERSION"), Swagger UI in $vendor ($(du -sh "$vendor" | cut -f1))"

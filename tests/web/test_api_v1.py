@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -102,6 +103,18 @@ def test_the_schema_documents_the_responses(client: tuple[TestClient, Seeded]) -
         assert name in schema["components"]["schemas"]
     assert "/api/v1/runs/{number}/histograms" in schema["paths"]
     assert "/" not in schema["paths"]  # the pages are not API
+
+
+def test_the_api_docs_page_works_offline(client: tuple[TestClient, Seeded]) -> None:
+    """/docs loads Swagger UI from this server's static files, never from another host."""
+    api, _ = client
+    page = api.get("/docs")
+    assert page.status_code == 200 and "SwaggerUIBundle" in page.text
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert assets and not [a for a in assets if "//" in a], assets
+    for asset in assets:
+        response = api.get(asset)
+        assert response.status_code == 200 and len(response.content) > 500, asset
 
 
 def test_reading_needs_a_login_when_not_public(db: Database, settings: Settings) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from runwatch import __version__
@@ -27,7 +28,9 @@ STATIC = Path(__file__).parent / "static"
 
 
 def create_app(settings: Settings, db: Database) -> FastAPI:
-    app = FastAPI(title="runwatch", version=__version__)
+    # The API's docs page is served with Swagger UI from our own static files (built by
+    # scripts/build-web.sh), not FastAPI's default CDN: the site must work offline.
+    app = FastAPI(title="runwatch", version=__version__, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.db = db
     app.state.recent_runs = ShortCache(settings.web.cache_seconds)
@@ -42,6 +45,17 @@ def create_app(settings: Settings, db: Database) -> FastAPI:
     app.include_router(files.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")
+
+    @app.get("/docs", include_in_schema=False)
+    def api_docs() -> HTMLResponse:
+        """The interactive API reference (Swagger UI) over /openapi.json."""
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="runwatch API",
+            swagger_js_url="/static/vendor/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url="/static/vendor/swagger-ui/swagger-ui.css",
+            swagger_favicon_url="/static/vendor/swagger-ui/favicon-32x32.png",
+        )
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> JSONResponse:
