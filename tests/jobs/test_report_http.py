@@ -68,6 +68,24 @@ def start_job(
         )
 
 
+def running_job(
+    live: LiveServer, db: Database, tmp_path: Path, retry_s: float
+) -> tuple[int, subprocess.Popen[bytes], Path]:
+    """A one-second step's attempt, its job started and its attempt claimed."""
+    attempt_id = make_attempt(
+        db, tmp_path, STEP.format(sleep=1), outputs={"data": "out.dat"}, heartbeat_s=0.2
+    )
+    log = tmp_path / "job.log"
+    job = start_job(live.settings, attempt_id, log, **{REPORT_RETRY_ENV: str(retry_s)})
+    wait_for(lambda: attempt_row(db, attempt_id)[0].state is AttemptState.RUNNING, 60)
+    return attempt_id, job, log
+
+
+def report_waits(log: Path) -> bool:
+    """The wrapper's first try to report failed and it now retries."""
+    return log.exists() and "cannot reach" in log.read_text()
+
+
 def finished(proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
     try:
         return proc.wait(timeout=timeout)
@@ -113,16 +131,11 @@ def test_the_server_stopped_during_the_job_gets_the_report_when_back(
     live_sqlite: LiveServer, db: Database, tmp_path: Path
 ) -> None:
     live = live_sqlite
-    attempt_id = make_attempt(
-        db, tmp_path, STEP.format(sleep=1.5), outputs={"data": "out.dat"}, heartbeat_s=0.2
-    )
-    log = tmp_path / "job.log"
-    job = start_job(live.settings, attempt_id, log, **{REPORT_RETRY_ENV: "120"})
+    attempt_id, job, log = running_job(live, db, tmp_path, 120)
     try:
-        wait_for(lambda: attempt_row(db, attempt_id)[0].state is AttemptState.RUNNING, 60)
         live.stop()
         spool = spool_of(db, attempt_id)
-        wait_for(spool.exists, 60, "the report to be kept in the spool file")
+        wait_for(lambda: report_waits(log), 60, "the report to wait for the server")
         assert job.poll() is None  # heartbeats failed, the step ran on; now it retries
         kept = json.loads(spool.read_text())
         assert kept["outcome"]["state"] == "succeeded" and kept["attempt_id"] == attempt_id
@@ -152,10 +165,7 @@ def test_a_server_down_past_the_deadline_leaves_the_report_for_a_later_flush(
     live_sqlite: LiveServer, db: Database, tmp_path: Path
 ) -> None:
     live = live_sqlite
-    attempt_id = make_attempt(db, tmp_path, STEP.format(sleep=1), outputs={"data": "out.dat"})
-    log = tmp_path / "job.log"
-    job = start_job(live.settings, attempt_id, log, **{REPORT_RETRY_ENV: "1.5"})
-    wait_for(lambda: attempt_row(db, attempt_id)[0].state is AttemptState.RUNNING, 60)
+    attempt_id, job, log = running_job(live, db, tmp_path, 1.5)
     live.stop()
     assert finished(job) == EXIT_UNRECORDED, log.read_text()
     spool = spool_of(db, attempt_id)
@@ -202,16 +212,13 @@ def test_a_database_outage_behind_the_server_is_waited_out(
 ) -> None:
     """The server answers 503 while its database is away; the worker retries."""
     live = live_sqlite
-    attempt_id = make_attempt(db, tmp_path, STEP.format(sleep=1), outputs={"data": "out.dat"})
-    log = tmp_path / "job.log"
-    job = start_job(live.settings, attempt_id, log, **{REPORT_RETRY_ENV: "120"})
+    attempt_id, job, log = running_job(live, db, tmp_path, 120)
     app = live.app
     gone = Database("postgresql+psycopg://nobody:none@127.0.0.1:9/none")
     try:
-        wait_for(lambda: attempt_row(db, attempt_id)[0].state is AttemptState.RUNNING, 60)
         app.state.db = gone
-        spool = spool_of(db, attempt_id)
-        wait_for(spool.exists, 60, "the report to be kept in the spool file")
+        wait_for(lambda: report_waits(log), 60, "the report to wait for the database")
+        assert spool_of(db, attempt_id).exists()
         app.state.db = db
         assert finished(job) == EXIT_OK, log.read_text()
     finally:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import stat
 import threading
 import time
@@ -25,13 +24,7 @@ from runwatch.web.live import Server
 from runwatch.workflow.service import attempt_transition, cancel_task
 from runwatch.workflow.states import AttemptState, TaskState
 from tests.jobs.test_wrapper import attempt_row, make_attempt
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.web.test_pages_demo import free_port
 
 
 class LiveServer:
