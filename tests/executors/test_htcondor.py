@@ -15,7 +15,7 @@ from runwatch.config import HTCondorSettings, Settings
 from runwatch.db import Database
 from runwatch.executors.base import JobInfo, JobRequest, JobStatus
 from runwatch.executors.htcondor import HTCondorExecutor, JobId, parse_external_id
-from runwatch.executors.htcondor_submit import POOL_GRACE_S, condor_arguments
+from runwatch.executors.htcondor_submit import ENV_FILE, POOL_GRACE_S, condor_arguments
 from runwatch.jobs.environment import DATABASE_URL_ENV
 from runwatch.workflow.states import AttemptState
 from tests.executors.htcondor_pool import (
@@ -109,6 +109,8 @@ def test_a_job_runs_the_wrapper_which_records_its_attempt(
     assert status_of(condor_executor, external_id).exit_code == 0  # from the history
     log = _read(attempt.log_path)
     assert "claimed on" in log and "succeeded" in log
+    # The environment file (with the database password) went with the work folder.
+    assert not (Path(job.workdir) / ENV_FILE).exists()
 
 
 def _python() -> tuple[str]:
@@ -164,7 +166,7 @@ def test_a_batch_is_one_cluster_with_each_jobs_own_requests(
     assert first["Iwd"] == jobs[0].workdir and first["Out"] == jobs[0].log_path
     # The password is in no job ad, only in a file that the job's user alone can read.
     assert all("secret" not in str(ad) for ad in ads)
-    [env_file] = (pool_root / "work" / "htcondor" / "env").glob("*.sh")
+    env_file = Path(jobs[0].workdir) / ENV_FILE
     assert str(env_file) in str(first.get("Args") or first.get("Arguments"))
     assert "secret" in env_file.read_text()
     mode = env_file.stat()

@@ -7,8 +7,10 @@ calls, so a scheduler started after a kill -9 polls the jobs of the one before. 
 external id names the schedd and the job: ``htcondor:SCHEDD/CLUSTER.PROC``.
 
 A held job will not run again by itself: ``poll`` removes it and reports it gone with the
-hold reason, which the scheduler records as the attempt's end (the pool holds a job that
-runs past its time limit, ``allowed_job_duration``, for one).
+hold reason, which the scheduler records as the attempt's end when the job was held
+before its wrapper ran (by an operator, or because it could not start). A job held while
+it runs (past its time limit, ``allowed_job_duration``, say) first gets SIGTERM from the
+pool, so its wrapper records the kill itself; ``poll`` still takes it out of the queue.
 """
 
 from __future__ import annotations

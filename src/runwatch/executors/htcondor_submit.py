@@ -15,7 +15,6 @@ read, because the job ad's ``Environment`` is shown to anyone by ``condor_q -l``
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import pwd
@@ -39,6 +38,7 @@ HOME_ATTRIBUTE = "RunwatchHome"  # the deployment's work_root: whose job it is
 # scheduler (and before it the wrapper) should act first, the pool only if they cannot.
 POOL_GRACE_S = 30.0
 SHELL = "/bin/sh"
+ENV_FILE = ".runwatch-env.sh"
 SOURCE_ENV = '. "$0" && exec "$@"'  # $0: the environment file; "$@": the wrapper's argv
 
 # The same for every job of every batch.
@@ -76,12 +76,11 @@ def _merge(lines: dict[str, tuple[str, str]], extra: Mapping[str, Any]) -> None:
 
 @dataclass
 class JobFiles:
-    """Where the jobs' folders and environment files go, and who must own them."""
+    """The jobs' folders and environment files, and who must own them."""
 
     home: Path  # the work root
     owner: tuple[int, int] | None = None  # uid, gid of [htcondor] job_user
     _made: set[Path] = field(default_factory=set)
-    _written: set[str] = field(default_factory=set)
 
     @classmethod
     def for_settings(cls, work_root: str, settings: HTCondorSettings) -> JobFiles:
@@ -90,10 +89,6 @@ class JobFiles:
             entry = pwd.getpwnam(settings.job_user)
             owner = (entry.pw_uid, entry.pw_gid)
         return cls(Path(work_root), owner)
-
-    @property
-    def env_folder(self) -> Path:
-        return self.home / "htcondor" / "env"
 
     def folder(self, path: Path, remember: bool = True) -> None:
         """Make ``path`` and its missing parents, owned by the job user if one is set (the
@@ -117,25 +112,19 @@ class JobFiles:
         if remember:
             self._made.add(path)
 
-    def environment(self, env: Mapping[str, str]) -> str:
-        """The path of a file setting ``env`` for sh, readable by the job user only. Named
-        by its content, so all jobs with the same environment share one file."""
-        text = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items()))
-        digest = hashlib.sha256(text.encode()).hexdigest()[:32]
-        path = self.env_folder / f"{digest}.sh"
-        if digest not in self._written:
-            self.folder(self.env_folder)
-            self.env_folder.chmod(0o700)
-            temporary = path.with_suffix(f".{os.getpid()}.tmp")
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, text.encode())
-                if self.owner is not None:
-                    os.fchown(fd, *self.owner)
-            finally:
-                os.close(fd)
-            temporary.replace(path)
-            self._written.add(digest)
+    def environment(self, env: Mapping[str, str], workdir: Path) -> str:
+        """The path of a file in ``workdir`` setting ``env`` for sh, readable by the job
+        user only. It goes with the work folder, which the wrapper empties once it has
+        claimed the attempt: a per-attempt token or a password does not linger."""
+        path = workdir / ENV_FILE
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            if self.owner is not None:
+                os.fchown(fd, *self.owner)
+            os.fchmod(fd, 0o600)  # an earlier file of this name may have been readable
+            os.write(fd, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()).encode())
+        finally:
+            os.close(fd)
         return str(path)
 
 
@@ -147,7 +136,7 @@ def job_lines(
     files.folder(workdir, remember=False)
     files.folder(log_path.parent)
     if job.env:
-        argv = [SHELL, "-c", SOURCE_ENV, files.environment(job.env), *job.argv]
+        argv = [SHELL, "-c", SOURCE_ENV, files.environment(job.env, workdir), *job.argv]
     else:
         argv = list(job.argv)
     lines: dict[str, tuple[str, str]] = {}
