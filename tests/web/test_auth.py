@@ -329,6 +329,25 @@ def test_a_dn_counts_only_from_a_trusted_proxy(
         assert me["name"] == header and me["csrf_token"]
 
 
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "/C=CN/O=IHEP/OU=JUNO/CN=expert person",  # OpenSSL's one-line form
+        "cn = expert person, ou=JUNO, O=IHEP, C=CN",  # spaces, lower-case names
+    ],
+)
+def test_a_dn_matches_however_the_proxy_spells_it(shared: Site, spelling: str) -> None:
+    with shared.client(PROXY, headers={DN_HEADER: spelling}) as client:
+        me = whoami(client)
+    assert (me["name"], me["role"], me["via"]) == (dn(Role.EXPERT), "expert", "x509")
+
+
+@pytest.mark.parametrize("garbage", ["nonsense", "CN=", "/C=CN/garbage", ","])
+def test_a_header_that_is_no_dn_is_anonymous(shared: Site, garbage: str) -> None:
+    with shared.client(PROXY, headers={DN_HEADER: garbage}) as client:
+        assert whoami(client)["via"] == "anonymous"
+
+
 def test_no_trusted_proxy_no_certificates(tmp_path: Path, db: Database) -> None:
     site = build_site(tmp_path, db, trusted_proxies=[])
     with site.client(PROXY, headers={DN_HEADER: dn(Role.ADMIN)}) as client:
@@ -434,6 +453,7 @@ def test_require_role_checks_the_role_and_a_browsers_csrf_token(client: TestClie
         ({"trusted_proxies": ["10.0.0.0/33"]}, "[web] trusted_proxies"),
         ({"trusted_proxies": ["proxy.example"]}, "[web] trusted_proxies"),
         ({"dn_roles": {"CN=x": "boss"}}, "[web] dn_roles: unknown roles boss"),
+        ({"dn_roles": {"Jane Shifter": "shifter"}}, "[web] dn_roles: not a DN attribute"),
     ],
 )
 def test_bad_security_settings_stop_the_app_at_once(

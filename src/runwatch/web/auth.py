@@ -57,6 +57,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runwatch.db import utcnow
 from runwatch.web import accounts
+from runwatch.web.dn import DNError, canonical_dn
 from runwatch.web.models import Role
 from runwatch.web.state import app_db, app_settings
 
@@ -97,6 +98,10 @@ def install_auth(app: FastAPI) -> None:
         raise ValueError(f"[web] trusted_proxies: {exc}") from None
     if unknown := sorted(set(web.dn_roles.values()) - {role.value for role in Role}):
         raise ValueError(f"[web] dn_roles: unknown roles {', '.join(unknown)}")
+    try:
+        dn_roles(web.dn_roles)
+    except DNError as exc:
+        raise ValueError(f"[web] dn_roles: {exc}") from exc
     secret = web.session_secret or secrets.token_urlsafe(32)
     app.state.session_key = hashlib.sha256(b"runwatch-web-session\0" + secret.encode()).digest()
     app.add_exception_handler(StarletteHTTPException, _login_redirect)
@@ -298,16 +303,31 @@ def client_address(request: Request) -> str:
 
 def _x509_principal(request: Request, key: bytes) -> Principal | None:
     web = app_settings(request).web
-    dn = request.headers.get(web.dn_header, "").strip()
-    if not dn or not from_trusted_proxy(request):
+    given = request.headers.get(web.dn_header, "").strip()
+    if not given or not from_trusted_proxy(request):
         return None
-    role = web.dn_roles.get(dn)
+    try:
+        dn = canonical_dn(given)
+    except DNError:
+        return None
+    role = dn_roles(web.dn_roles).get(dn)
     if role is None:
         return None
     # The browser presents the certificate by itself, like a cookie: forms need a token.
     # It is derived from the DN, so it needs no storage and no other site can compute it.
     csrf = hmac.new(key, b"x509\0" + dn.encode(), hashlib.sha256).hexdigest()
     return Principal(dn, Role(role), "x509", csrf)
+
+
+def dn_roles(configured: dict[str, str]) -> dict[str, str]:
+    """``[web] dn_roles`` by canonical DN (``runwatch.web.dn``): the proxy may spell a DN
+    otherwise than the configuration does."""
+    return _canonical_roles(tuple(sorted(configured.items())))
+
+
+@lru_cache(maxsize=8)
+def _canonical_roles(configured: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    return {canonical_dn(dn): role for dn, role in configured}
 
 
 def ignored_dn(request: Request) -> str | None:
