@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
+import pytest
 import sqlalchemy as sa
 
 from runwatch.config import Settings, SlurmSettings
@@ -37,16 +38,26 @@ def slurm_settings(settings: Settings) -> Settings:
     )
 
 
-@contextlib.contextmanager
-def slurm_executor(settings: Settings) -> Iterator[SlurmExecutor]:
+# Fixtures for the test modules, which import them under these names (pytest finds a
+# fixture by its name= wherever the module got it from).
+
+
+@pytest.fixture(name="on_slurm")
+def on_slurm_fixture(settings: Settings) -> Settings:
+    """The test's settings with the Slurm executor."""
+    return slurm_settings(settings)
+
+
+@pytest.fixture(name="executor")
+def executor_fixture(on_slurm: Settings) -> Iterator[SlurmExecutor]:
     """A Slurm executor; the jobs of this test that are still in Slurm at the end are
     cancelled (they work under ``work_root``)."""
-    executor = SlurmExecutor(settings)
+    executor = SlurmExecutor(on_slurm)
     try:
         yield executor
     finally:
         executor.close()
-        cancel_jobs_under(Path(settings.work_root))
+        cancel_jobs_under(Path(on_slurm.work_root))
 
 
 def cancel_jobs_under(root: Path) -> None:

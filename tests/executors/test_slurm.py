@@ -3,7 +3,6 @@ the real single-node Slurm (``RUNWATCH_TEST_SLURM_PARTITION``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,11 +14,11 @@ from runwatch.executors.slurm import SlurmExecutor, SqueueLine, parse_external_i
 from runwatch.executors.slurm_script import batch_script, sbatch_options, time_limit_minutes
 from runwatch.workflow.scheduler import Scheduler
 from runwatch.workflow.states import AttemptState, TaskState
-from tests.executors.slurm_cluster import (
+from tests.executors.slurm_cluster import (  # noqa: F401 (fixtures)
+    executor_fixture,
     info_of,
     job_processes,
-    slurm_executor,
-    slurm_settings,
+    on_slurm_fixture,
     submit_attempt,
     wait_for_status,
 )
@@ -150,6 +149,27 @@ def test_slurm_states_map_to_job_statuses_with_a_reason(
         assert info.reason is not None and info.reason.startswith(reason)
 
 
+def test_without_slurm_jobs_are_unknown_not_gone_and_submitting_fails(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A controller that cannot be asked must not make the scheduler give jobs up."""
+    broken = settings.model_copy(update={"slurm": SlurmSettings(bin_dir=str(tmp_path / "none"))})
+    executor = SlurmExecutor(broken)
+    try:
+        assert executor.poll(["slurm:12", "slurm:13"]) == {}
+        assert executor.poll(["local:1"])["local:1"].status is JobStatus.GONE
+        with pytest.raises(RuntimeError, match="2 of 2 sbatch calls failed"):
+            executor.submit(
+                [
+                    job(attempt_id=n, workdir=str(tmp_path / f"w{n}"), log_path=str(tmp_path / "l"))
+                    for n in (1, 2)
+                ]
+            )
+        executor.cancel("slurm:12")  # logged, not raised
+    finally:
+        executor.close()
+
+
 def test_external_ids() -> None:
     assert parse_external_id("slurm:123") == "123"
     assert parse_external_id("slurm:12_3") is None
@@ -157,17 +177,6 @@ def test_external_ids() -> None:
 
 
 # -- jobs in the real Slurm ----------------------------------------------------------------
-
-
-@pytest.fixture
-def on_slurm(settings: Settings) -> Settings:
-    return slurm_settings(settings)
-
-
-@pytest.fixture
-def executor(on_slurm: Settings) -> Iterator[SlurmExecutor]:
-    with slurm_executor(on_slurm) as executor:
-        yield executor
 
 
 def test_the_executor_is_found_by_name(on_slurm: Settings) -> None:
@@ -205,6 +214,8 @@ def test_a_pending_job_shows_its_reason_and_cancel_removes_it(
     assert info.reason is not None and info.reason.startswith("Slurm job CANCELLED")
     executor.cancel(ext)  # gone already: no error
     executor.cancel("slurm:999999999")
+    unknown = info_of(executor, "slurm:999999999")
+    assert (unknown.status, unknown.reason) == (JobStatus.GONE, "Slurm no longer knows the job")
     assert attempt_row(db, attempt_id)[0].state is AttemptState.SUBMITTED  # never ran
 
 

@@ -8,7 +8,6 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,15 +22,15 @@ from runwatch.ingest.service import receive
 from runwatch.storage.checksum import adler32_file
 from runwatch.workflow.models import Attempt, Task, TaskOutput
 from runwatch.workflow.states import AttemptState, TaskState
-from tests.executors.slurm_cluster import (
+from tests.executors.slurm_cluster import (  # noqa: F401 (fixtures)
     cancel_jobs_under,
+    executor_fixture,
     job_id,
     job_processes,
     kill_job_processes,
     node_down,
+    on_slurm_fixture,
     scontrol,
-    slurm_executor,
-    slurm_settings,
     start_now,
     wait_for_status,
 )
@@ -51,17 +50,6 @@ pytestmark = pytest.mark.slow  # jobs in Slurm take seconds to start and end
 
 # The first step sleeps, so that the test can requeue its job or kill its node meanwhile.
 SLEEPY_CALIB = CHAIN.replace('command: "cp', 'command: "sleep 12; cp', 1)
-
-
-@pytest.fixture
-def on_slurm(settings: Settings) -> Settings:
-    return slurm_settings(settings)
-
-
-@pytest.fixture
-def executor(on_slurm: Settings) -> Iterator[SlurmExecutor]:
-    with slurm_executor(on_slurm) as executor:
-        yield executor
 
 
 def all_completed(db: Database, runs: list[int]) -> bool:
