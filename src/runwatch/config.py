@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -277,6 +277,13 @@ class WorkerSettings(BaseModel):
         description="How long a worker that cannot reach the server keeps its report and "
         "retries (with backoff) before giving up.",
     )
+
+    @model_validator(mode="after")
+    def _http_needs_a_server(self) -> WorkerSettings:
+        # Caught when the file is read, not by a scheduler tick failing at its first job.
+        if self.report == "http" and not self.api_url:
+            raise ValueError('report = "http" needs api_url (the web server as nodes reach it)')
+        return self
 
 
 class StorageSettings(BaseModel):

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from runwatch.config import Settings, WebSettings, WorkerSettings
 from runwatch.db import Database, utcnow
@@ -32,18 +33,17 @@ class LiveServer:
     stopped and started again on the same port (a server going away under a worker)."""
 
     def __init__(self, settings: Settings, db: Database) -> None:
-        self.settings = settings
         self.db = db
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.app = create_app(settings, db)  # made once: a restart serves the same app
+        self.settings = http_settings(settings, db, self.url)  # its jobs report to it
+        self.app = create_app(self.settings, db)  # made once: a restart serves the same app
         self.server: Server | None = None
         self.thread: threading.Thread | None = None
 
     def start(self) -> None:
         import uvicorn
 
-        self.app.state.settings = self.settings
         config = uvicorn.Config(
             self.app,
             host="127.0.0.1",
@@ -68,7 +68,7 @@ class LiveServer:
         self.server = self.thread = None
 
 
-def http_settings(settings: Settings, db: Database, api_url: str = "") -> Settings:
+def http_settings(settings: Settings, db: Database, api_url: str) -> Settings:
     """The ``settings`` fixture reporting over HTTP, with pages closed to anonymous readers
     (so that a token accepted where it must not be would show)."""
     return settings.model_copy(
@@ -83,8 +83,7 @@ def http_settings(settings: Settings, db: Database, api_url: str = "") -> Settin
 @contextlib.contextmanager
 def serving(settings: Settings, db: Database) -> Iterator[LiveServer]:
     """A live server for ``db`` whose settings report over HTTP to itself."""
-    server = LiveServer(http_settings(settings, db), db)
-    server.settings = http_settings(settings, db, server.url)
+    server = LiveServer(settings, db)
     server.start()
     try:
         yield server
@@ -300,7 +299,9 @@ def test_the_scheduler_and_the_server_share_one_secret_made_private(
     assert job_environment(moved, 17)[ATTEMPT_TOKEN_ENV] == attempt_token(b"s" * 40, 17)
 
 
-def test_report_http_without_an_api_url_is_refused(settings: Settings, db: Database) -> None:
-    settings = http_settings(settings, db, "")
+def test_report_http_without_an_api_url_is_refused(settings: Settings) -> None:
+    with pytest.raises(ValidationError, match="needs api_url"):
+        WorkerSettings(report="http")
+    unchecked = WorkerSettings.model_construct(report="http", api_url="")  # as tests build
     with pytest.raises(ValueError, match="api_url"):
-        job_environment(settings, 1)
+        job_environment(settings.model_copy(update={"worker": unchecked}), 1)
