@@ -157,8 +157,8 @@ def running_job(db: Database, attempt_id: int) -> tuple[Claim | None, RetryPolic
     """What the worker's claim told it, read again (the server keeps no state between
     calls), and the retry policy of the job the scheduler rendered: the worker's word is
     not taken for either. No claim unless the attempt runs: recording then fails anyway."""
-    with db.transaction() as tx:
-        row = tx.execute(_RUNNING_JOB, {"attempt_id": attempt_id}).first()
+    with db.read_connection() as connection:
+        row = connection.execute(_RUNNING_JOB, {"attempt_id": attempt_id}).first()
     if row is None:
         return None, RetryPolicy()
     policy = RetryPolicy(**dict(row.spec or {}).get("retry", {}))
@@ -178,7 +178,7 @@ _OUTPUTS_OF = sa.select(OUTPUTS.c.name, OUTPUTS.c.url, OUTPUTS.c.adler32).where(
 def already_recorded(db: Database, attempt_id: int, outcome: AttemptOutcome) -> bool:
     """Whether the attempt already ended just as ``outcome`` says: the same report,
     delivered before (its answer lost), not a different end decided elsewhere."""
-    with db.transaction() as tx:
+    with db.read_connection() as tx:
         ended = tx.execute(_ENDED_AS, {"attempt_id": attempt_id}).first()
         stored = sorted(tuple(row) for row in tx.execute(_OUTPUTS_OF, {"attempt_id": attempt_id}))
     if ended is None:
