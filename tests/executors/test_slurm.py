@@ -3,6 +3,7 @@ the real single-node Slurm (``RUNWATCH_TEST_SLURM_PARTITION``)."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -249,6 +250,28 @@ def test_a_job_slurm_cannot_start_ends_the_attempt_with_slurms_reason(
     assert attempt.state is AttemptState.LOST
     assert attempt.reason is not None and "Slurm job FAILED" in attempt.reason
     assert task.state is TaskState.FAILED
+
+
+def test_a_job_that_can_never_start_ends_the_attempt_and_leaves_the_queue(
+    executor: SlurmExecutor, on_slurm: Settings, db: Database, tmp_path: Path
+) -> None:
+    failing = subprocess.run(
+        ["sbatch", "--parsable", "--output=/dev/null", f"--chdir={tmp_path}", "--wrap=exit 1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    attempt_id = make_attempt(db, tmp_path, "true", retries=0)
+    after = f"--dependency=afterok:{failing}"  # never met: that job fails
+    ext = submit_attempt(executor, on_slurm, db, attempt_id, submit={"slurm": [after]})
+    info = wait_for_status(executor, ext, JobStatus.GONE, 60)
+    assert info.reason == "Slurm job PENDING (DependencyNeverSatisfied)"
+    Scheduler(on_slurm, db, executor).supervise()
+    attempt = attempt_row(db, attempt_id)[0]
+    assert attempt.state is AttemptState.LOST
+    assert attempt.reason is not None and "DependencyNeverSatisfied" in attempt.reason
+    info = wait_for_status(executor, ext, JobStatus.GONE, 30)
+    assert info.reason is not None and info.reason.startswith("Slurm job CANCELLED")
 
 
 @pytest.mark.slow

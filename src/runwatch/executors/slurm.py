@@ -11,7 +11,9 @@ external id, ``slurm:JOBID``, is all a scheduler started after a kill -9 needs.
 
 Jobs are submitted with ``--requeue``: when a node fails or a job is preempted, Slurm runs
 the job again, and ``poll`` reports it QUEUED meanwhile (see docs/executors-slurm.md for
-what the wrapper then does).
+what the wrapper then does). A job pending for a reason Slurm never lifts by itself (a
+dependency that can no longer be met, a launch that failed again and again) is reported
+gone with that reason, and ``poll`` cancels it.
 """
 
 from __future__ import annotations
@@ -83,12 +85,16 @@ class SqueueLine:
         restarts = int(fields[2]) if fields[2].isdigit() else 0
         return cls(fields[0], fields[1], restarts, fields[3], "|".join(fields[4:]).rstrip("|"))
 
+    def never_starts(self) -> bool:
+        """Pending for a reason that Slurm will not lift by itself."""
+        return self.state in WAITING and self.reason in NEVER_STARTS
+
     def info(self) -> JobInfo:
         reason = None if self.reason in ("", "None") else self.reason
         if self.restarts:
             again = f"requeued {self.restarts}x"
             reason = f"{reason}, {again}" if reason else again
-        if self.state in WAITING and self.reason not in NEVER_STARTS:
+        if self.state in WAITING and not self.never_starts():
             return JobInfo(JobStatus.QUEUED, reason=reason or self.state.lower())
         if self.state in STARTED:
             return JobInfo(JobStatus.RUNNING, reason=reason)
@@ -198,6 +204,11 @@ class SlurmExecutor:
                 if line is not None
                 else JobInfo(JobStatus.GONE, reason="Slurm no longer knows the job")
             )
+        # A job that will never start is gone for the scheduler: take it out of the queue
+        # too, rather than leave it pending there for ever.
+        stuck = [line.job_id for line in shown.values() if line.never_starts()]
+        if stuck:
+            self._scancel(stuck)
         return infos
 
     def _squeue(self, job_ids: list[str]) -> dict[str, SqueueLine] | None:
@@ -224,22 +235,24 @@ class SlurmExecutor:
     def cancel(self, external_id: str) -> None:
         """scancel the job; a job that ended already is no error."""
         job_id = parse_external_id(external_id)
-        if job_id is None:
-            return
+        if job_id is not None:
+            self._scancel([job_id])
+
+    def _scancel(self, job_ids: list[str]) -> None:
         try:
             done = subprocess.run(
-                [self.command("scancel"), job_id],
+                [self.command("scancel"), *job_ids],
                 capture_output=True,
                 text=True,
                 timeout=COMMAND_TIMEOUT_S,
                 check=False,
             )
         except (OSError, subprocess.SubprocessError) as exc:
-            log.warning("scancel %s failed: %s", job_id, exc)
+            log.warning("scancel %s failed: %s", " ".join(job_ids), exc)
             return
         if done.returncode != 0:
             # scancel of an ended job exits 0 with a note; this is a real failure.
-            log.warning("scancel %s failed: %s", job_id, done.stderr.strip())
+            log.warning("scancel %s failed: %s", " ".join(job_ids), done.stderr.strip())
 
     # -- shutdown -------------------------------------------------------------------------
 
