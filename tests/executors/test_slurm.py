@@ -4,6 +4,7 @@ the real single-node Slurm (``RUNWATCH_TEST_SLURM_PARTITION``)."""
 from __future__ import annotations
 
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from runwatch.db import Database
 from runwatch.executors.base import JobRequest, JobStatus, load_executor
 from runwatch.executors.slurm import SlurmExecutor, SqueueLine, parse_external_id
 from runwatch.executors.slurm_script import batch_script, sbatch_options, time_limit_minutes
+from runwatch.workflow.pipeline_file import parse_pipeline
 from runwatch.workflow.scheduler import Scheduler
 from runwatch.workflow.states import AttemptState, TaskState
 from tests.executors.slurm_cluster import (  # noqa: F401 (fixtures)
@@ -169,6 +171,22 @@ def test_without_slurm_jobs_are_unknown_not_gone_and_submitting_fails(
         executor.cancel("slurm:12")  # logged, not raised
     finally:
         executor.close()
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "executors-slurm.md"
+
+
+def test_the_docs_examples_load() -> None:
+    """docs/executors-slurm.md's runwatch.toml and pipeline step are valid as written."""
+    text = DOCS.read_text()
+    toml = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    settings = Settings.model_validate(tomllib.loads(toml))
+    assert settings.scheduler.executor == "slurm" and settings.slurm.partition == "juno"
+    steps = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    pipeline = parse_pipeline(f"name: reco\nstreams: [Physics]\n{steps}", DOCS)
+    rec = pipeline.steps["rec"]
+    assert (rec.threads, rec.memory_mb, rec.disk_mb, rec.timeout_s) == (4, 8192, 20480, 7200)
+    assert rec.submit == {"slurm": ["--qos=high", "--constraint=avx512"]}
 
 
 def test_external_ids() -> None:
