@@ -68,3 +68,12 @@ def create_app(settings: Settings, db: Database) -> FastAPI:
         return JSONResponse({"status": "ok", "version": __version__})
 
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app of the deployment in force (``RUNWATCH_CONFIG`` or ./runwatch.toml): what
+    each process of ``runwatch serve --workers N`` builds for itself."""
+    from runwatch.context import Context
+
+    ctx = Context.load()
+    return create_app(ctx.settings, ctx.db)

@@ -16,9 +16,30 @@ def register(app: typer.Typer) -> None:
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8080, "--port", help="Port to listen on."),
+    workers: int = typer.Option(
+        1,
+        "--workers",
+        min=1,
+        help="Server processes sharing the port (one Python process uses one core).",
+    ),
 ) -> None:
     """Serve the web application and the JSON API (POST /api/v1/messages)."""
     import uvicorn
+
+    if workers > 1:
+        # Each process builds its own app (its own database pool, page cache and live
+        # updates) from the deployment in force; uvicorn restarts one that dies.
+        uvicorn.run(
+            "runwatch.web.app:app_from_environment",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="info",
+            proxy_headers=False,
+            timeout_graceful_shutdown=5,
+        )
+        return
 
     from runwatch.context import Context
     from runwatch.web.app import create_app
