@@ -64,6 +64,13 @@ condor_shared_mounts() {
   local dir
   while read -r dir; do
     [ -d "$dir" ] || continue
+    case $dir in
+      / | /usr | /bin | /lib | /etc | /var)
+        # Debian's own Python: mounting its prefix would hide the chroot's system.
+        log "htcondor: not sharing $dir with the pool; its jobs need a Python of their own (a venv, pyenv or /usr/local)"
+        continue
+        ;;
+    esac
     as_root mkdir -p "$CONDOR_ROOT$dir"
     condor_mount --bind "$dir" "$CONDOR_ROOT$dir"
   done < <(condor_shared_dirs)
@@ -71,10 +78,11 @@ condor_shared_mounts() {
   as_root chmod 711 "$CONDOR_ROOT/root"
 }
 
+# The pool's condor_master, from its pid file (checked: a stale file's pid may be reused).
 condor_master_pid() {
   local pid
   pid=$(as_root cat "$CONDOR_ROOT/run/condor/master.pid" 2>/dev/null || true)
-  [ -n "$pid" ] && as_root kill -0 "$pid" 2>/dev/null && echo "$pid"
+  [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = condor_master ] && echo "$pid"
   return 0
 }
 
