@@ -228,7 +228,11 @@ class HttpReporter:
         if self.heart_failing:
             log.info("attempt %d: heartbeats get through again", attempt_id)
             self.heart_failing = False
-        return bool(answer.json()["running"])
+        try:
+            return bool(answer.json()["running"])
+        except (ValueError, KeyError, TypeError):  # not runwatch answering (a proxy page?)
+            log.warning("attempt %d: odd heartbeat answer: %.200s", attempt_id, answer.text)
+            return True
 
     def record(
         self,
