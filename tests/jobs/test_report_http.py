@@ -173,7 +173,7 @@ def test_a_server_down_past_the_deadline_leaves_the_report_for_a_later_flush(
     assert f"the report stays in {spool}" in log.read_text()
     assert attempt_row(db, attempt_id)[0].state is AttemptState.RUNNING
     # Nobody there yet: the flush keeps the file and says so.
-    flush = [sys.executable, "-m", "runwatch.jobs.report", str(spool.parent)]
+    flush = [sys.executable, "-m", "runwatch", "job", "flush", str(spool.parent)]
     assert subprocess.run(flush, capture_output=True, timeout=60).returncode == 3
     assert spool.exists()
     kept = spool.read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,10 @@ def test_two_runs_go_from_data_taking_to_all_completed(
         assert {t.state for t in tasks} == {TaskState.DONE}
         attempts = s.scalars(sa.select(Attempt)).all()
         assert [a.state for a in attempts] == [AttemptState.SUCCEEDED] * len(tasks)
+        # each job copies its files with the [storage] settings in force
+        assert {json.dumps(a.spec["storage"]) for a in attempts} == {
+            json.dumps(settings.storage.model_dump())
+        }
         merged = s.scalars(sa.select(TaskOutput).where(TaskOutput.name == "merged")).all()
         assert len(merged) == 2
         for out in s.scalars(sa.select(TaskOutput)):

@@ -18,7 +18,7 @@ retries with backoff until ``[worker] report_retry_seconds`` have passed. A hear
 fails is only logged: the scheduler's heartbeat timeout decides whether the attempt lives.
 A report is kept in ``runwatch-report.json`` in the attempt's work directory (written
 atomically, before it is first sent) until the server has answered it; if the deadline
-passes, the file stays and ``flush`` (``python -m runwatch.jobs.report SPOOL``) delivers
+passes, the file stays and ``flush`` (``runwatch job flush SPOOL``) delivers
 it later.
 """
 
@@ -284,7 +284,7 @@ class HttpReporter:
         except ReportUndelivered:
             log.error(
                 "attempt %d: could not report to %s for %g s; the report stays in %s "
-                "(deliver it with: python -m runwatch.jobs.report %s)",
+                "(deliver it with: runwatch job flush %s)",
                 attempt_id,
                 self.api_url,
                 self.retry_s,
@@ -369,12 +369,12 @@ def flush(path: Path, retry_s: float = 0.0) -> bool | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m runwatch.jobs.report SPOOL...``: deliver kept reports; exit 3 if one
+    """``runwatch job flush SPOOL...``: deliver kept reports; exit 3 if one
     still cannot be delivered."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     paths = list(sys.argv[1:] if argv is None else argv)
     if not paths:
-        print("usage: python -m runwatch.jobs.report SPOOL_FILE_OR_WORKDIR...", file=sys.stderr)
+        print("usage: runwatch job flush SPOOL_FILE_OR_WORKDIR...", file=sys.stderr)
         return 2
     status = 0
     for path in paths:

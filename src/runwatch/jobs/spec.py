@@ -14,6 +14,9 @@ Keys:
 - ``timeout_s`` (float, 0 = none), ``threads`` (int), ``heartbeat_s`` (float).
 - ``env`` (dict str -> str): extra environment for the command.
 - ``retry`` ({"backoff_seconds": float, "backoff_max_seconds": float}).
+- ``storage`` (optional; the ``[storage]`` settings: retries, backoff_seconds,
+  timeout_seconds): how the wrapper copies inputs and outputs. Specs written before it
+  existed lack it, and their jobs copy with the defaults.
 """
 
 from __future__ import annotations
@@ -32,7 +35,12 @@ class RetrySpec(TypedDict):
     backoff_max_seconds: float
 
 
-class JobSpec(TypedDict):
+class _OptionalSpec(TypedDict, total=False):
+    # (not NotRequired[...]: with postponed annotations Python 3.11 would count it required)
+    storage: dict[str, float]
+
+
+class JobSpec(_OptionalSpec):
     command: str
     inputs: list[InputSpec]
     outputs: dict[str, str]
@@ -46,7 +54,7 @@ class JobSpec(TypedDict):
 
 def job_spec(raw: dict[str, Any]) -> JobSpec:
     """Type the JSON read back from the database (written by the scheduler)."""
-    missing = set(JobSpec.__annotations__) - set(raw)
+    missing = set(JobSpec.__required_keys__) - set(raw)
     if missing:
         raise ValueError(f"job spec lacks {', '.join(sorted(missing))}")
     return raw  # type: ignore[return-value]

@@ -50,7 +50,7 @@ from runwatch.jobs.report import (
 )
 from runwatch.jobs.slots import SLOTS_ENV, slots_from_env, slots_held
 from runwatch.jobs.spec import JobSpec, job_spec
-from runwatch.storage.stage import StageError, stage_in, stage_out
+from runwatch.storage.stage import StageError, policy_of, stage_in, stage_out
 from runwatch.workflow.nudge import NUDGE_ENV, nudge
 from runwatch.workflow.service import (
     AttemptOutcome,
@@ -329,7 +329,7 @@ class AttemptRun:
         files.log_path.parent.mkdir(parents=True, exist_ok=True)
         for item in spec["inputs"]:
             path = files.workdir / item["path"]  # an absolute path stays as it is
-            stage_in(item["url"], path, item.get("adler32"))
+            stage_in(item["url"], path, item.get("adler32"), policy_of(spec))
         if self.given_up:
             return None
         result = self.run_command(files)
@@ -585,7 +585,7 @@ def store_outputs(spec: JobSpec, workdir: Path) -> list[OutputRecord]:
     records = []
     for name, relative in spec["outputs"].items():
         source = workdir / relative
-        url, size, checksum = stage_out(source, spec["destination"], source.name)
+        url, size, checksum = stage_out(source, spec["destination"], source.name, policy_of(spec))
         records.append(OutputRecord(name=name, url=url, size=size, adler32=checksum))
     return records
 

@@ -244,6 +244,7 @@ def render_job(
             "backoff_seconds": settings.scheduler.backoff_seconds,
             "backoff_max_seconds": settings.scheduler.backoff_max_seconds,
         },
+        "storage": settings.storage.model_dump(),
     }
     return RenderedJob(
         spec=spec,
