@@ -3,12 +3,12 @@
 #
 # Without systemd and cgroups: processes are tracked by parentage (proctrack/linuxproc),
 # tasks are not confined (task/none), and there is no accounting database, so sacct does
-# not work; a job's final state comes from `scontrol show job` (kept MinJobAge = 300 s).
+# not work; squeue --states=all shows a finished job for MinJobAge (300 s) after its end.
 #
 # The node declares SLURM_TEST_CPUS (8) CPUs whatever the machine has: the tests' jobs
-# mostly wait (sleep, small files), and 8 slots let several run at once on a 2-core test
-# machine, as on a real node. Memory and /tmp are declared as the machine has them, so
-# that --mem and --tmp requests are checked against real figures.
+# mostly wait (sleep, small files), and 8 slots let several of them run at once on a
+# 2-core test machine. Memory and /tmp are declared as the machine has them, so that
+# --mem and --tmp requests are checked against real figures.
 ALL_SERVICES+=(slurm)
 
 SLURM_CONF=/etc/slurm/slurm.conf
@@ -79,6 +79,11 @@ start_slurm() {
   fi
   if as_root scontrol ping 2>/dev/null | grep -q "is UP"; then
     log "slurm: already running"
+    # A test interrupted while it had the node DOWN leaves it so: put it back in service.
+    if ! slurm_node_ready; then
+      as_root scontrol update nodename="$(hostname -s)" state=resume 2>/dev/null || true
+      wait_for 60 slurm_node_ready || die "Slurm's node is not in service; see sinfo -R"
+    fi
   else
     slurm_write_conf
     as_root install -d -o slurm -g slurm /var/lib/slurm/slurmctld /var/log/slurm
