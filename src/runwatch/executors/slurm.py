@@ -18,7 +18,6 @@ gone with that reason, and ``poll`` cancels it.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import subprocess
 from collections.abc import Sequence
@@ -259,6 +258,5 @@ class SlurmExecutor:
     def close(self) -> None:
         """Jobs carry on in Slurm; only the submitting threads end."""
         if self.pool is not None:
-            with contextlib.suppress(RuntimeError):
-                self.pool.shutdown(wait=True)
+            self.pool.shutdown(wait=True)
             self.pool = None
