@@ -246,12 +246,13 @@ def test_a_held_job_is_removed_and_reported_gone_with_the_hold_reason(
     )
     first = status_of(condor_executor, external_id)
     assert first.reason is not None and first.reason.startswith("held by HTCondor:"), first
+    assert first.failed, "a held job fails its attempt (it is not merely lost)"
     assert "duration" in first.reason.lower(), first
     poll_until(lambda: not job_ads([external_id], "JobStatus"), 60, "the held job to leave")
     # Removed now (a scheduler that missed the first answer still learns the reason).
     later = status_of(condor_executor, external_id)
     assert later.status is JobStatus.GONE and later.reason is not None
-    assert later.reason.startswith(first.reason), later
+    assert later.reason.startswith(first.reason) and later.failed, later
 
 
 def test_a_pool_that_cannot_be_reached_leaves_jobs_unknown_not_gone(

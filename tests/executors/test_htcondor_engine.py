@@ -131,7 +131,7 @@ def test_held_jobs_end_their_attempts_and_leave_the_queue(
         assert overtime.reason == "killed (SIGTERM)", overtime.reason
         over_id = overtime.external_id
         poll_until(lambda: not job_ads([over_id], "JobStatus"), 60, "the held job to leave")
-        # Held by an operator before it ran: the scheduler ends the attempt with the reason.
+        # Held by an operator before it ran: the scheduler fails the attempt with the reason.
         waiting = attempt_of("idle")
         assert waiting is not None and waiting.external_id is not None
         assert waiting.ended_at is None
@@ -140,7 +140,7 @@ def test_held_jobs_end_their_attempts_and_leave_the_queue(
         htcondor2.Schedd().act(htcondor2.JobAction.Hold, [job.job], ("bad calibration", 0))
         poll_until(lambda: ended("idle"), 60, "the held job's attempt to end")
     held = attempt_of("idle")
-    assert held is not None and held.state is AttemptState.LOST, held
+    assert held is not None and held.state is AttemptState.FAILED, held
     assert held.reason is not None and "held by HTCondor: bad calibration" in held.reason
     with condor_db.session() as s:
         task = s.scalars(sa.select(Task).where(Task.pipeline == "idle")).one()

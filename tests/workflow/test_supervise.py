@@ -45,6 +45,14 @@ def test_a_job_that_vanished_is_lost_with_its_exit_code() -> None:
     assert not verdict.kill
 
 
+def test_a_job_the_batch_system_failed_fails_its_attempt_with_the_reason() -> None:
+    held = JobInfo(JobStatus.GONE, reason="held by HTCondor: over memory", failed=True)
+    verdict = judge(attempt(), held, LIMITS, at(1000))
+    assert verdict is not None
+    assert (verdict.state, verdict.reason) == (AttemptState.FAILED, "held by HTCondor: over memory")
+    assert not verdict.kill
+
+
 def test_never_handed_over_is_lost_only_after_the_grace() -> None:
     pending = attempt(AttemptState.SUBMITTED, external=None)
     assert judge(pending, None, LIMITS, at(59)) is None

@@ -52,6 +52,9 @@ class JobInfo:
     status: JobStatus
     exit_code: int | None = None
     reason: str | None = None  # e.g. a hold reason or a pending reason
+    # GONE because the batch system itself ended the job for ``reason`` (held, over its
+    # memory or time, ...): the attempt FAILED with that reason, rather than being LOST.
+    failed: bool = False
 
 
 @runtime_checkable

@@ -89,11 +89,14 @@ def job_info(ad: Any) -> JobInfo:
     if status in ALIVE:
         return JobInfo(ALIVE[status])
     if status == HELD:
-        return JobInfo(JobStatus.GONE, reason=f"{HELD_BY} {ad.get('HoldReason', '')}")
+        held = f"{HELD_BY} {ad.get('HoldReason', '')}"
+        return JobInfo(JobStatus.GONE, reason=held, failed=True)
     if status == REMOVED:
         reason = str(ad.get("RemoveReason", ""))
         # Held, then removed by poll: the hold reason, which poll put in the removal's.
-        return JobInfo(JobStatus.GONE, reason=reason if HELD_BY in reason else f"removed: {reason}")
+        if HELD_BY in reason:
+            return JobInfo(JobStatus.GONE, reason=reason, failed=True)
+        return JobInfo(JobStatus.GONE, reason=f"removed: {reason}")
     exit_code = ad.get("ExitCode")
     return JobInfo(JobStatus.GONE, exit_code=None if exit_code is None else int(exit_code))
 

@@ -54,6 +54,8 @@ def judge(
         age = (now - attempt.submitted_at).total_seconds()
         if attempt.state is AttemptState.SUBMITTED and age > limits.submit_grace_s:
             return Verdict(AttemptState.LOST, "never handed to the executor", kill=False)
+    elif info is not None and info.status is JobStatus.GONE and info.failed:
+        return Verdict(AttemptState.FAILED, info.reason or "failed by the batch system", False)
     elif info is not None and info.status is JobStatus.GONE:
         code = "" if info.exit_code is None else f" (exit code {info.exit_code})"
         extra = f": {info.reason}" if info.reason else ""
