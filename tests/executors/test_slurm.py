@@ -22,6 +22,7 @@ from tests.executors.slurm_cluster import (  # noqa: F401 (fixtures)
     info_of,
     job_processes,
     on_slurm_fixture,
+    request_for,
     submit_attempt,
     wait_for_status,
 )
@@ -290,6 +291,26 @@ def test_a_job_that_can_never_start_ends_the_attempt_and_leaves_the_queue(
     assert attempt.reason is not None and "DependencyNeverSatisfied" in attempt.reason
     info = wait_for_status(executor, ext, JobStatus.GONE, 30)
     assert info.reason is not None and info.reason.startswith("Slurm job CANCELLED")
+
+
+def test_a_batch_is_submitted_whole_or_not_at_all(
+    executor: SlurmExecutor, on_slurm: Settings, db: Database, tmp_path: Path
+) -> None:
+    good, bad = (make_attempt(db, tmp_path, "sleep 300") for _ in range(2))
+    jobs = [
+        request_for(on_slurm, db, good),
+        request_for(on_slurm, db, bad, submit={"slurm": ["--partition=no-such-partition"]}),
+    ]
+    with pytest.raises(RuntimeError, match=r"1 of 2 sbatch calls failed: sbatch: .*partition"):
+        executor.submit(jobs)
+
+    def left_in_slurm() -> list[str]:
+        shown = subprocess.run(
+            ["squeue", "--noheader", "--format=%Z"], capture_output=True, text=True, check=True
+        ).stdout.split()
+        return [w for w in shown if Path(w).is_relative_to(tmp_path)]
+
+    wait_for(lambda: not left_in_slurm(), 30, "the submitted half cancelled")
 
 
 @pytest.mark.slow

@@ -148,9 +148,10 @@ class SlurmExecutor:
         ids = [r for r in results if not isinstance(r, Exception)]
         errors = [r for r in results if isinstance(r, Exception)]
         if errors:
-            # All or nothing: the scheduler retries every attempt of a failed batch.
-            for job_id in ids:
-                self.cancel(job_id)
+            # All or nothing: the scheduler retries every attempt of a failed batch. (A job
+            # left behind would find its attempt failed, and do nothing.)
+            submitted = [parse_external_id(ext) for ext in ids]
+            self._scancel([job_id for job_id in submitted if job_id is not None])
             raise RuntimeError(f"{len(errors)} of {len(jobs)} sbatch calls failed: {errors[0]}")
         return ids
 
@@ -238,6 +239,8 @@ class SlurmExecutor:
             self._scancel([job_id])
 
     def _scancel(self, job_ids: list[str]) -> None:
+        if not job_ids:
+            return
         try:
             done = subprocess.run(
                 [self.command("scancel"), *job_ids],
