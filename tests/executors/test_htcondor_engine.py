@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 import htcondor2
@@ -15,11 +14,9 @@ import pytest
 import sqlalchemy as sa
 
 from runwatch.catalogue.models import RunStatus
-from runwatch.db import Database, utcnow
+from runwatch.db import Database
 from runwatch.executors.htcondor import HTCondorExecutor, parse_external_id
-from runwatch.ingest.service import receive
-from runwatch.storage.checksum import adler32_file
-from runwatch.workflow.models import Attempt, Task, TaskOutput
+from runwatch.workflow.models import Attempt, Task
 from runwatch.workflow.states import AttemptState, TaskState
 from tests.executors.htcondor_pool import (
     condor_config,
@@ -32,13 +29,18 @@ from tests.executors.htcondor_pool import (
 )
 from tests.workflow.engine import (
     announce_run,
-    message,
-    raw_file,
     run_statuses,
     running_scheduler,
     write_pipeline,
 )
-from tests.workflow.test_crash import SLOW_CHAIN, kill, living_active_pid, start_scheduler
+from tests.workflow.test_crash import (
+    SLOW_CHAIN,
+    announce,
+    check_exactly_once,
+    kill,
+    living_active_pid,
+    start_scheduler,
+)
 
 __all__ = ["condor_config", "condor_db", "job_user", "pool_root"]  # fixtures in use
 
@@ -175,17 +177,6 @@ job_user = "{job_user}"
 """
 
 
-def announce(db: Database, raw: Path, rng: random.Random, done: threading.Event) -> None:
-    """The runs' files, interleaved, at random short intervals."""
-    order = [(run, seq) for seq in range(1, max(RUNS.values()) + 1) for run in RUNS]
-    for run, seq in order:
-        path = raw_file(raw, run, seq)
-        with db.session() as s:
-            receive(s, message(path, run, seq, end_of_run=seq == RUNS[run]), "test", None, utcnow())
-        time.sleep(rng.uniform(0.0, 0.5))
-    done.set()
-
-
 def test_kill_minus_nine_of_schedulers_while_jobs_run_in_the_pool(
     pool_root: Path, condor_db: Database, job_user: str, condor_config: str
 ) -> None:
@@ -197,7 +188,9 @@ def test_kill_minus_nine_of_schedulers_while_jobs_run_in_the_pool(
     (root / "pipelines" / "chain.yaml").write_text(SLOW_CHAIN)
     schedulers = [start_scheduler(root), start_scheduler(root)]
     announced = threading.Event()
-    feeder = threading.Thread(target=announce, args=(condor_db, root / "raw", rng, announced))
+    feeder = threading.Thread(
+        target=announce, args=(condor_db, root / "raw", rng, announced, RUNS, 0.5)
+    )
     feeder.start()
     kills = 0
     try:
@@ -217,39 +210,10 @@ def test_kill_minus_nine_of_schedulers_while_jobs_run_in_the_pool(
             proc.kill()
             proc.wait()
     assert kills == 4
-    check_exactly_once(condor_db, root)
+    check_exactly_once(condor_db, root, RUNS)
 
 
 def _running(db: Database) -> bool:
     with db.session() as s:
         count = s.scalar(sa.select(sa.func.count()).where(Attempt.state == AttemptState.RUNNING))
     return bool(count)
-
-
-def check_exactly_once(db: Database, root: Path) -> None:
-    """Every task DONE by exactly one successful attempt; every output recorded once,
-    whole, and nothing else on disk (test_crash's check, for these runs)."""
-    with db.session() as s:
-        tasks = s.scalars(sa.select(Task)).all()
-        assert len(tasks) == sum(RUNS.values()) * 3 + len(RUNS)
-        assert Counter(t.state for t in tasks) == {TaskState.DONE: len(tasks)}
-        succeeded = Counter(
-            s.scalars(
-                sa.select(Attempt.task_id).where(Attempt.state == AttemptState.SUCCEEDED)
-            ).all()
-        )
-        assert set(succeeded.values()) == {1}, "a task succeeded more than once"
-        assert len(succeeded) == len(tasks)
-        outputs = s.scalars(sa.select(TaskOutput)).all()
-    assert len(outputs) == len(tasks)
-    recorded = {Path(o.url.removeprefix("file://")): o for o in outputs}
-    on_disk = {p for p in (root / "data").rglob("*") if p.is_file()}
-    assert on_disk == set(recorded), "stray or missing output files"
-    for path, out in recorded.items():
-        assert adler32_file(path) == out.adler32 and path.stat().st_size == out.size
-    for run, files in RUNS.items():
-        merged = root / "data" / "Physics" / str(run) / "merge" / f"run{run}.merged"
-        sizes = [int(x) for x in merged.read_text().split()]
-        assert sizes == [
-            len(f"run {run} file {q} payload\n") * (q + 1) for q in range(1, files + 1)
-        ]

@@ -148,13 +148,24 @@ def kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def announce(db: Database, raw: Path, rng: random.Random, done: threading.Event) -> None:
-    order = [(run, seq) for seq in range(1, 26) for run in RUNS]
+def announce(
+    db: Database,
+    raw: Path,
+    rng: random.Random,
+    done: threading.Event,
+    runs: dict[int, int] = RUNS,
+    pause: float = 0.15,
+) -> None:
+    """The files of ``runs`` (run -> files), interleaved, each after a random pause of up to
+    ``pause`` seconds; the last file of a run ends it."""
+    order = [(run, seq) for seq in range(1, max(runs.values()) + 1) for run in runs]
     for run, seq in order:
+        if seq > runs[run]:
+            continue
         path = raw_file(raw, run, seq)
         with db.session() as s:
-            receive(s, message(path, run, seq, end_of_run=seq == RUNS[run]), "test", None, utcnow())
-        time.sleep(rng.uniform(0.0, 0.15))
+            receive(s, message(path, run, seq, end_of_run=seq == runs[run]), "test", None, utcnow())
+        time.sleep(rng.uniform(0.0, pause))
     done.set()
 
 
@@ -209,10 +220,13 @@ def test_kill_minus_nine_at_random_moments_loses_and_duplicates_nothing(tmp_path
     check_exactly_once(db, root)
 
 
-def check_exactly_once(db: Database, root: Path) -> None:
+def check_exactly_once(db: Database, root: Path, runs: dict[int, int] = RUNS) -> None:
+    """Every task of ``runs`` (run -> files; CHAIN's three file steps and a merge) DONE by
+    exactly one successful attempt; every output recorded once, whole, and nothing else
+    on disk."""
     with db.session() as s:
         tasks = s.scalars(sa.select(Task)).all()
-        assert len(tasks) == 50 * 3 + 2
+        assert len(tasks) == sum(runs.values()) * 3 + len(runs)
         assert Counter(t.state for t in tasks) == {TaskState.DONE: len(tasks)}
         succeeded = Counter(
             s.scalars(
@@ -228,7 +242,7 @@ def check_exactly_once(db: Database, root: Path) -> None:
     assert on_disk == set(recorded), "stray or missing output files"
     for path, out in recorded.items():
         assert adler32_file(path) == out.adler32 and path.stat().st_size == out.size
-    for run, files in RUNS.items():
+    for run, files in runs.items():
         merged = root / "data" / "Physics" / str(run) / "merge" / f"run{run}.merged"
         sizes = [int(x) for x in merged.read_text().split()]
         assert sizes == [
