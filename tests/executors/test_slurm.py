@@ -113,40 +113,42 @@ def test_the_job_script_exports_the_environment_and_becomes_the_wrapper() -> Non
 
 
 @pytest.mark.parametrize(
-    ("line", "status", "exit_code", "reason"),
+    ("line", "status", "exit_code", "reason", "failed"),
     [
-        ("12|PENDING|0|0|Resources|", JobStatus.QUEUED, None, "Resources"),
-        ("12|PENDING|0|0|None|", JobStatus.QUEUED, None, "pending"),
-        ("12|PENDING|1|0|BeginTime|", JobStatus.QUEUED, None, "BeginTime, requeued 1x"),
-        ("12|REQUEUED|2|0|None|", JobStatus.QUEUED, None, "requeued 2x"),
-        ("12|SUSPENDED|0|0|None|", JobStatus.QUEUED, None, "suspended"),
-        ("12|RUNNING|0|0|None|", JobStatus.RUNNING, None, None),
-        ("12|COMPLETING|0|0|None|", JobStatus.RUNNING, None, None),
-        ("12|CONFIGURING|0|0|None|", JobStatus.RUNNING, None, None),
-        ("12|COMPLETED|0|0|None|", JobStatus.GONE, 0, "Slurm job COMPLETED"),
-        ("12|FAILED|0|768|NonZeroExitCode|", JobStatus.GONE, 3, "Slurm job FAILED (NonZero"),
-        ("12|FAILED|0|9|None|", JobStatus.GONE, None, "Slurm job FAILED (signal 9)"),
-        ("12|TIMEOUT|0|0|TimeLimit|", JobStatus.GONE, 0, "Slurm job TIMEOUT (TimeLimit)"),
-        ("12|NODE_FAIL|0|0|None|", JobStatus.GONE, 0, "Slurm job NODE_FAIL"),
-        ("12|OUT_OF_MEMORY|0|0|None|", JobStatus.GONE, 0, "Slurm job OUT_OF_MEMORY"),
-        ("12|CANCELLED|0|0|None|", JobStatus.GONE, 0, "Slurm job CANCELLED"),
-        ("12|PREEMPTED|0|0|None|", JobStatus.GONE, 0, "Slurm job PREEMPTED"),
-        ("12|BRAND_NEW|0||None|", JobStatus.GONE, None, "Slurm job BRAND_NEW"),
+        ("12|PENDING|0|0|Resources|", JobStatus.QUEUED, None, "Resources", False),
+        ("12|PENDING|0|0|None|", JobStatus.QUEUED, None, "pending", False),
+        ("12|PENDING|1|0|BeginTime|", JobStatus.QUEUED, None, "BeginTime, requeued 1x", False),
+        ("12|REQUEUED|2|0|None|", JobStatus.QUEUED, None, "requeued 2x", False),
+        ("12|SUSPENDED|0|0|None|", JobStatus.QUEUED, None, "suspended", False),
+        ("12|RUNNING|0|0|None|", JobStatus.RUNNING, None, None, False),
+        ("12|COMPLETING|0|0|None|", JobStatus.RUNNING, None, None, False),
+        ("12|CONFIGURING|0|0|None|", JobStatus.RUNNING, None, None, False),
+        ("12|COMPLETED|0|0|None|", JobStatus.GONE, 0, "Slurm job COMPLETED", False),
+        ("12|FAILED|0|768|NonZeroExitCode|", JobStatus.GONE, 3, "Slurm job FAILED (NonZero", True),
+        ("12|FAILED|0|9|None|", JobStatus.GONE, None, "Slurm job FAILED (signal 9)", True),
+        ("12|TIMEOUT|0|0|TimeLimit|", JobStatus.GONE, 0, "Slurm job TIMEOUT (TimeLimit)", True),
+        ("12|NODE_FAIL|0|0|None|", JobStatus.GONE, 0, "Slurm job NODE_FAIL", False),
+        ("12|OUT_OF_MEMORY|0|0|None|", JobStatus.GONE, 0, "Slurm job OUT_OF_MEMORY", True),
+        ("12|CANCELLED|0|0|None|", JobStatus.GONE, 0, "Slurm job CANCELLED", False),
+        ("12|CANCELLED|0|0|BadConstraints|", JobStatus.GONE, 0, "Slurm job CANCELLED (", True),
+        ("12|PREEMPTED|0|0|None|", JobStatus.GONE, 0, "Slurm job PREEMPTED", False),
+        ("12|BRAND_NEW|0||None|", JobStatus.GONE, None, "Slurm job BRAND_NEW", False),
         (
             "12|PENDING|3|0|launch_failed_requeued_held|",
             JobStatus.GONE,
             0,
             "Slurm job PENDING (launch_failed_requeued_held, requeued 3x)",
+            True,
         ),
     ],
 )
 def test_slurm_states_map_to_job_statuses_with_a_reason(
-    line: str, status: JobStatus, exit_code: int | None, reason: str | None
+    line: str, status: JobStatus, exit_code: int | None, reason: str | None, failed: bool
 ) -> None:
     parsed = SqueueLine.parse(line)
     assert parsed is not None
     info = parsed.info()
-    assert (info.status, info.exit_code) == (status, exit_code)
+    assert (info.status, info.exit_code, info.failed) == (status, exit_code, failed)
     if reason is None:
         assert info.reason is None
     else:
@@ -266,8 +268,8 @@ def test_a_job_slurm_cannot_start_ends_the_attempt_with_slurms_reason(
     assert info.reason is not None and info.reason.startswith("Slurm job FAILED")
     Scheduler(on_slurm, db, executor).supervise()
     attempt, task, _ = attempt_row(db, attempt_id)
-    assert attempt.state is AttemptState.LOST
-    assert attempt.reason is not None and "Slurm job FAILED" in attempt.reason
+    assert attempt.state is AttemptState.FAILED  # failed by Slurm, not lost
+    assert attempt.reason is not None and attempt.reason.startswith("Slurm job FAILED (JobLaunch")
     assert task.state is TaskState.FAILED
 
 
@@ -286,11 +288,12 @@ def test_a_job_that_can_never_start_ends_the_attempt_and_leaves_the_queue(
     info = wait_for_status(executor, ext, JobStatus.GONE, 60)
     assert info.reason == "Slurm job PENDING (DependencyNeverSatisfied)"
     Scheduler(on_slurm, db, executor).supervise()
+    # Whether the scheduler saw it pending or cancelled already, it failed for that reason.
     attempt = attempt_row(db, attempt_id)[0]
-    assert attempt.state is AttemptState.LOST
-    assert attempt.reason is not None and "DependencyNeverSatisfied" in attempt.reason
+    assert attempt.state is AttemptState.FAILED
+    assert attempt.reason is not None and "(DependencyNeverSatisfied)" in attempt.reason
     info = wait_for_status(executor, ext, JobStatus.GONE, 30)
-    assert info.reason is not None and info.reason.startswith("Slurm job CANCELLED")
+    assert info.reason == "Slurm job CANCELLED (DependencyNeverSatisfied)" and info.failed
 
 
 def test_a_batch_is_submitted_whole_or_not_at_all(

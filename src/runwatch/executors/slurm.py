@@ -43,7 +43,12 @@ SQUEUE_FORMAT = "JobID:|,State:|,RestartCnt:|,exit_code:|,Reason:|"
 # DEADLINE, PREEMPTED (ended by preemption, not requeued), is the job's end.
 WAITING = frozenset({"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "SUSPENDED"})
 STARTED = frozenset({"RUNNING", "CONFIGURING", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT"})
-# Pending reasons after which the job never starts by itself: the attempt ends there.
+# Ends that Slurm imposed on the job itself (over its time or memory, a launch that
+# failed): its attempt FAILED with Slurm's reason. Any other end with the attempt still
+# open (the node failed, someone cancelled the job, the wrapper exited without a record)
+# leaves it LOST.
+FAILED_BY_SLURM = frozenset({"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "DEADLINE"})
+# Pending reasons after which the job never starts by itself: its attempt FAILED too.
 NEVER_STARTS = frozenset(
     {
         "launch_failed_requeued_held",
@@ -104,6 +109,8 @@ class SqueueLine:
             JobStatus.GONE,
             exit_code=exit_code,
             reason=f"Slurm job {self.state}" + (f" ({reason})" if reason else ""),
+            # Cancelled for a reason that kept it from starting: by ``poll``, most likely.
+            failed=self.state in FAILED_BY_SLURM or self.reason in NEVER_STARTS,
         )
 
 
