@@ -45,9 +45,10 @@ WAITING = frozenset({"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "SUSP
 STARTED = frozenset({"RUNNING", "CONFIGURING", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT"})
 # Ends that Slurm imposed on the job itself (over its time or memory, a launch that
 # failed): its attempt FAILED with Slurm's reason. Any other end with the attempt still
-# open (the node failed, someone cancelled the job, the wrapper exited without a record)
-# leaves it LOST.
+# open (the node failed, someone cancelled the job, the wrapper exited or was killed
+# without a record: FAILED for NonZeroExitCode or RaisedSignal) leaves it LOST.
 FAILED_BY_SLURM = frozenset({"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "DEADLINE"})
+WRAPPER_ENDED = ("NonZeroExitCode", "RaisedSignal")
 # Pending reasons after which the job never starts by itself: its attempt FAILED too.
 NEVER_STARTS = frozenset(
     {
@@ -93,6 +94,13 @@ class SqueueLine:
         """Pending for a reason that Slurm will not lift by itself."""
         return self.state in WAITING and self.reason in NEVER_STARTS
 
+    def failed_by_slurm(self) -> bool:
+        """Slurm ended the job for something about the job itself (see FAILED_BY_SLURM);
+        or cancelled it for a reason that kept it from starting (``poll`` did, likely)."""
+        if self.reason in NEVER_STARTS:
+            return True
+        return self.state in FAILED_BY_SLURM and not self.reason.startswith(WRAPPER_ENDED)
+
     def info(self) -> JobInfo:
         reason = None if self.reason in ("", "None") else self.reason
         if self.restarts:
@@ -109,8 +117,7 @@ class SqueueLine:
             JobStatus.GONE,
             exit_code=exit_code,
             reason=f"Slurm job {self.state}" + (f" ({reason})" if reason else ""),
-            # Cancelled for a reason that kept it from starting: by ``poll``, most likely.
-            failed=self.state in FAILED_BY_SLURM or self.reason in NEVER_STARTS,
+            failed=self.failed_by_slurm(),
         )
 
 
