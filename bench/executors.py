@@ -15,7 +15,8 @@ Figures:
   system) of the scheduler process alone while the tasks are handled, minus what it
   spends anyway while idle (its rate measured for a few seconds before the files arrive:
   it looks for new work every ``poll_seconds`` whether there is any or not), divided by
-  the task-ticks (each open task counted once per ``tick_seconds`` it stays open).
+  the task-ticks (each task counted once per ``tick_seconds`` from its planning to its
+  end, at least once).
   ``sched_cpu_ms_per_task_life`` divides the same CPU by the tasks only (a task's cost
   over all its ticks: large when a slow pool keeps tasks open for long);
   ``sched_cpu_ms_per_task_all`` keeps the idle part in too; ``idle_cpu_ms_per_s`` is
@@ -47,8 +48,9 @@ from typing import Any
 
 import psutil
 import sqlalchemy as sa
+from benchdb import reset
 
-from runwatch.db import Base, Database, import_all_models, utcnow
+from runwatch.db import Database, utcnow
 from runwatch.ingest.service import receive
 from runwatch.workflow.models import Attempt, SchedulerLease, Task
 from runwatch.workflow.states import TaskState
@@ -91,17 +93,6 @@ RUNS = 10
 TICK_SECONDS = 1.0  # [scheduler] tick_seconds above
 
 
-def reset(url: str) -> Database:
-    import_all_models()
-    db = Database(url)
-    if not url.startswith("sqlite"):
-        with db.engine.begin() as conn:
-            Base.metadata.drop_all(conn)
-            conn.execute(sa.text("DROP TABLE IF EXISTS alembic_version"))
-    db.upgrade()
-    return db
-
-
 def announce(db: Database, raw: Path, tasks: int) -> None:
     """One message per file, like the transfer system's; the last file of a run ends it."""
     per_run = tasks // RUNS
@@ -126,15 +117,14 @@ def announce(db: Database, raw: Path, tasks: int) -> None:
                 receive(session, json.dumps(body), "bench", None, utcnow())
 
 
-def progress(db: Database) -> tuple[int, int, int]:
-    """(tasks done or failed, attempts submitted, tasks open: planned and not finished)."""
+def progress(db: Database) -> tuple[int, int]:
+    """(tasks done or failed, attempts submitted)."""
     with db.session() as s:
         finished = s.scalar(
             sa.select(sa.func.count()).where(Task.state.in_([TaskState.DONE, TaskState.FAILED]))
         )
         submitted = s.scalar(sa.select(sa.func.count()).select_from(Attempt))
-        planned = s.scalar(sa.select(sa.func.count()).select_from(Task))
-    return int(finished or 0), int(submitted or 0), int(planned or 0) - int(finished or 0)
+    return int(finished or 0), int(submitted or 0)
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
@@ -164,20 +154,14 @@ def wait_until_done(
     tasks: int,
     timeout: float,
     root: Path,
-) -> tuple[float, float]:
-    """Wait until every task is done (or failed); the scheduler's CPU by then, and the
-    task-seconds the tasks were open (the sum over time of the open tasks)."""
+) -> float:
+    """Wait until every task is done (or failed); the scheduler's CPU by then."""
     deadline = time.monotonic() + timeout
-    open_seconds = 0.0
-    last = time.monotonic()
     while True:
         cpu = cpu_seconds(proc)
-        finished, submitted, still_open = progress(db)
-        now = time.monotonic()
-        open_seconds += still_open * (now - last)
-        last = now
+        finished, submitted = progress(db)
         if finished >= tasks:
-            return cpu, open_seconds
+            return cpu
         if scheduler.poll() is not None:
             raise SystemExit(f"the scheduler exited; see {root}/scheduler.log")
         if time.monotonic() > deadline:
@@ -246,8 +230,7 @@ def main() -> None:
         idle_rate = (baseline - settled) / args.idle_seconds
         started = time.time()
         announce(db, root / "raw", args.tasks)
-        cpu, open_seconds = wait_until_done(db, proc, scheduler, tasks, args.timeout, root)
-        cpu -= baseline
+        cpu = wait_until_done(db, proc, scheduler, tasks, args.timeout, root) - baseline
     finally:
         scheduler.terminate()
         scheduler.wait(30)
@@ -255,7 +238,13 @@ def main() -> None:
 
     with db.session() as s:
         rows = s.execute(
-            sa.select(Task.created_at, Attempt.submitted_at, Attempt.started_at, Task.state)
+            sa.select(
+                Task.created_at,
+                Attempt.submitted_at,
+                Attempt.started_at,
+                Task.state,
+                Task.finished_at,
+            )
             .join(Attempt, Attempt.task_id == Task.id)
             .where(Attempt.number == 1)
         ).all()
@@ -264,7 +253,11 @@ def main() -> None:
     first_ready = min(row[0] for row in rows).timestamp()
     waits = [(row[2] - row[0]).total_seconds() for row in rows if row[2] is not None]
     busy_cpu = max(0.0, cpu - idle_rate * wall)
-    task_ticks = open_seconds / TICK_SECONDS  # each open task is looked at once per tick
+    # Each task is open from its planning to its end, and looked at in every tick meanwhile
+    # (at least one).
+    task_ticks = sum(
+        max(1.0, (row[4] - row[0]).total_seconds() / TICK_SECONDS) for row in rows if row[4]
+    )
     result: dict[str, Any] = {
         "executor": args.executor,
         "tasks": tasks,

@@ -34,9 +34,10 @@ from typing import Any
 import httpx
 import psutil
 import sqlalchemy as sa
+from benchdb import reset
 
 from runwatch.catalogue.models import File, Run, RunStatus
-from runwatch.db import Base, Database, import_all_models, utcnow
+from runwatch.db import Database, utcnow
 from runwatch.ingest.models import MessageStatus, ReceivedMessage
 from runwatch.workflow.models import Attempt, PipelineRevision, Task
 from runwatch.workflow.states import TaskState
@@ -73,17 +74,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def reset(url: str) -> Database:
-    import_all_models()
-    db = Database(url)
-    if not url.startswith("sqlite"):
-        with db.engine.begin() as conn:
-            Base.metadata.drop_all(conn)
-            conn.execute(sa.text("DROP TABLE IF EXISTS alembic_version"))
-    db.upgrade()
-    return db
 
 
 def preload(db: Database, tasks: int) -> None:

@@ -26,9 +26,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from benchdb import reset
 
 from runwatch.catalogue.models import RunStatus
-from runwatch.db import Base, Database, import_all_models
+from runwatch.db import Database
 from runwatch.dqm.verdict import Verdict
 from runwatch.workflow.states import TaskState
 
@@ -39,17 +40,6 @@ START = dt.datetime(2023, 1, 1, tzinfo=dt.UTC)
 CHUNK_RUNS = 2_000
 SEED = 20261129
 FILE_METADATA = json.dumps({"events": 80_000})
-
-
-def reset(url: str) -> Database:
-    """An empty database at the newest schema."""
-    import_all_models()
-    db = Database(url)
-    with db.engine.begin() as conn:
-        Base.metadata.drop_all(conn)
-        conn.execute(sa.text("DROP TABLE IF EXISTS alembic_version"))
-    db.upgrade()
-    return db
 
 
 def _stamp(moment: dt.datetime, sqlite: bool) -> Any:
