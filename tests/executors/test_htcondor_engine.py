@@ -5,7 +5,6 @@ exactly once). The jobs run the real wrapper, which records into PostgreSQL."""
 from __future__ import annotations
 
 import random
-import threading
 import time
 from pathlib import Path
 
@@ -35,11 +34,8 @@ from tests.workflow.engine import (
 )
 from tests.workflow.test_crash import (
     SLOW_CHAIN,
-    announce,
     check_exactly_once,
-    kill,
-    living_active_pid,
-    start_scheduler,
+    kill_leaders_while_jobs_run,
 )
 
 __all__ = ["condor_config", "condor_db", "job_user", "pool_root"]  # fixtures in use
@@ -186,29 +182,7 @@ def test_kill_minus_nine_of_schedulers_while_jobs_run_in_the_pool(
         CRASH_CONFIG.format(db=condor_db.url, root=root, job_user=job_user)
     )
     (root / "pipelines" / "chain.yaml").write_text(SLOW_CHAIN)
-    schedulers = [start_scheduler(root), start_scheduler(root)]
-    announced = threading.Event()
-    feeder = threading.Thread(
-        target=announce, args=(condor_db, root / "raw", rng, announced, RUNS, 0.5)
-    )
-    feeder.start()
-    kills = 0
-    try:
-        for _ in range(4):
-            # Once jobs run in the pool, kill the scheduler that leads.
-            poll_until(lambda: _running(condor_db), 120, "jobs running in the pool")
-            time.sleep(rng.uniform(0.5, 2.0))
-            pid = living_active_pid(condor_db, 60.0)
-            kill(pid)
-            kills += 1
-            schedulers.append(start_scheduler(root))
-        feeder.join()
-        poll_until(lambda: all_completed(condor_db, len(RUNS)), 240, "both runs All Completed")
-    finally:
-        feeder.join()
-        for proc in schedulers:
-            proc.kill()
-            proc.wait()
+    kills = kill_leaders_while_jobs_run(condor_db, root, RUNS, rng, lambda: _running(condor_db))
     assert kills == 4
     check_exactly_once(condor_db, root, RUNS)
 

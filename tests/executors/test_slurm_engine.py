@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import random
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -42,11 +40,8 @@ from tests.workflow.engine import (
 from tests.workflow.test_crash import (
     CONFIG,
     SLOW_CHAIN,
-    announce,
     check_exactly_once,
-    kill,
-    living_active_pid,
-    start_scheduler,
+    kill_leaders_while_jobs_run,
 )
 
 pytestmark = pytest.mark.slow  # jobs in Slurm take seconds to start and end
@@ -209,27 +204,11 @@ def test_kill_minus_nine_of_the_scheduler_while_jobs_run_in_slurm(
     (root / "pipelines" / "chain.yaml").write_text(SLOW_CHAIN)
     db = Database(f"sqlite:///{root}/runwatch.db")
     db.upgrade()
-    schedulers = [start_scheduler(root), start_scheduler(root)]
-    announced = threading.Event()
-    feeder = threading.Thread(
-        target=announce, args=(db, root / "raw", rng, announced, CRASH_RUNS, 0.5)
-    )
-    feeder.start()
-    kills = 0
     try:
-        for _ in range(4):
-            wait_for(lambda: jobs_running_under(root / "work") > 0, 120, "jobs running in Slurm")
-            time.sleep(rng.uniform(0.0, 1.5))
-            kill(living_active_pid(db, 60.0))
-            kills += 1
-            schedulers.append(start_scheduler(root))
-        feeder.join()
-        wait_for(lambda: all_completed(db, list(CRASH_RUNS)), 240, "both runs All Completed")
+        kills = kill_leaders_while_jobs_run(
+            db, root, CRASH_RUNS, rng, lambda: jobs_running_under(root / "work") > 0
+        )
     finally:
-        feeder.join()
-        for proc in schedulers:
-            proc.kill()
-            proc.wait()
         cancel_jobs_under(root / "work")
     assert kills == 4
     check_exactly_once(db, root, CRASH_RUNS)

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -218,6 +219,48 @@ def test_kill_minus_nine_at_random_moments_loses_and_duplicates_nothing(tmp_path
         lost = s.scalar(sa.select(sa.func.count()).where(Attempt.state == AttemptState.LOST))
     assert lost, "no killed job was noticed"
     check_exactly_once(db, root)
+
+
+def kill_leaders_while_jobs_run(
+    db: Database,
+    root: Path,
+    runs: dict[int, int],
+    rng: random.Random,
+    jobs_running: Callable[[], bool],
+    rounds: int = 4,
+) -> int:
+    """Run two schedulers (one leads, one waits) of the deployment in ``root`` while the
+    files of ``runs`` arrive; ``rounds`` times, once ``jobs_running()``, kill -9 the leader
+    after a random moment and start a fresh standby; wait until every run is All
+    Completed. The kills made (the batch executors' crash tests: their jobs go on
+    running in the batch system while no scheduler watches)."""
+    schedulers = [start_scheduler(root), start_scheduler(root)]
+    announced = threading.Event()
+    feeder = threading.Thread(target=announce, args=(db, root / "raw", rng, announced, runs, 0.5))
+    feeder.start()
+    kills = 0
+    try:
+        for _ in range(rounds):
+            wait_for(jobs_running, 120, "jobs running in the batch system")
+            time.sleep(rng.uniform(0.5, 2.0))
+            kill(living_active_pid(db, 60.0))
+            kills += 1
+            schedulers.append(start_scheduler(root))
+        feeder.join()
+        wait_for(
+            lambda: (
+                len(run_statuses(db)) == len(runs)
+                and set(run_statuses(db).values()) == {RunStatus.ALL_COMPLETED}
+            ),
+            240,
+            "every run All Completed",
+        )
+    finally:
+        feeder.join()
+        for proc in schedulers:
+            proc.kill()
+            proc.wait()
+    return kills
 
 
 def check_exactly_once(db: Database, root: Path, runs: dict[int, int] = RUNS) -> None:
