@@ -8,7 +8,6 @@ import email
 import email.policy
 import json
 import logging
-import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,13 +30,7 @@ from runwatch.dqm.notifiers import (
     load_notifiers,
 )
 from tests.dqm.test_alarms import MINUTE, T0, add_run, alarm_settings, verdict_scenario
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.web.liveserver import free_port
 
 
 class Mailbox:

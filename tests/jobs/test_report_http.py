@@ -26,7 +26,8 @@ from runwatch.workflow.models import Attempt, Task
 from runwatch.workflow.states import AttemptState, TaskState
 from tests.jobs.test_wrapper import attempt_row, make_attempt
 from tests.waiting import wait_for
-from tests.web.test_attempts_api import LiveServer, serving
+from tests.web.liveserver import LiveServer
+from tests.web.test_attempts_api import serving
 from tests.workflow.engine import announce_run, run_statuses, running_scheduler, write_pipeline
 
 STEP = "sleep {sleep}; echo payload > out.dat; echo 'step done'"

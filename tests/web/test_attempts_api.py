@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,52 +19,10 @@ from runwatch.config import Settings, WebSettings, WorkerSettings
 from runwatch.db import Database, utcnow
 from runwatch.jobs.environment import ATTEMPT_TOKEN_ENV, job_environment
 from runwatch.jobs.tokens import attempt_token, load_secret, secret_path
-from runwatch.web.app import create_app
-from runwatch.web.live import Server
 from runwatch.workflow.service import AttemptOutcome, RetryPolicy, cancel_task, finish_attempt
 from runwatch.workflow.states import AttemptState, TaskState
 from tests.jobs.test_wrapper import attempt_row, make_attempt
-from tests.web.test_pages_demo import free_port
-
-
-class LiveServer:
-    """runwatch's web app served by uvicorn in a thread on a fixed port, which can be
-    stopped and started again on the same port (a server going away under a worker)."""
-
-    def __init__(self, settings: Settings, db: Database) -> None:
-        self.db = db
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.settings = http_settings(settings, db, self.url)  # its jobs report to it
-        self.app = create_app(self.settings, db)  # made once: a restart serves the same app
-        self.server: Server | None = None
-        self.thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        import uvicorn
-
-        config = uvicorn.Config(
-            self.app,
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            timeout_graceful_shutdown=2,
-        )
-        self.server = server = Server(config)
-        self.thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert self.thread.is_alive(), "the server did not start"
-            assert time.monotonic() < deadline, "the server did not start in time"
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.server is not None and self.thread is not None:
-            self.server.should_exit = True
-            self.thread.join(timeout=30)
-            assert not self.thread.is_alive(), "the server did not stop"
-        self.server = self.thread = None
+from tests.web.liveserver import LiveServer
 
 
 def http_settings(settings: Settings, db: Database, api_url: str) -> Settings:
@@ -83,7 +40,7 @@ def http_settings(settings: Settings, db: Database, api_url: str) -> Settings:
 @contextlib.contextmanager
 def serving(settings: Settings, db: Database) -> Iterator[LiveServer]:
     """A live server for ``db`` whose settings report over HTTP to itself."""
-    server = LiveServer(settings, db)
+    server = LiveServer(lambda url: http_settings(settings, db, url), db)
     server.start()
     try:
         yield server

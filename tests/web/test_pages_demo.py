@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import io
-import socket
 from pathlib import Path
 
 import httpx
 from rich.console import Console
 
 from runwatch.experiments.juno.demo import open_web_site, prepare, stop
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.web.liveserver import free_port
 
 
 def test_the_demo_serves_its_web_site_and_prints_the_address(tmp_path: Path) -> None:

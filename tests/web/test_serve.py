@@ -12,7 +12,7 @@ import httpx
 import psutil
 
 from tests.waiting import wait_for
-from tests.web.test_attempts_api import free_port
+from tests.web.liveserver import free_port
 
 
 def test_several_worker_processes_serve_one_port(deployment: Path) -> None:

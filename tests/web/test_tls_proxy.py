@@ -22,7 +22,7 @@ import pytest
 
 from runwatch.config import CONFIG_ENV, Settings, WebSettings
 from runwatch.db import Database
-from tests.web.test_attempts_api import LiveServer, free_port
+from tests.web.liveserver import LiveServer, free_port
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 SHIFTER = "/C=CN/O=Example Lab/OU=JUNO/CN=Jane Shifter"
