@@ -2,8 +2,9 @@
 
 Workload: 1,000 short tasks (one file-scoped step, command ``true``), from 10 runs of 100
 files. A real ``runwatch scheduler`` process with the chosen executor starts first and
-settles (imports, lease); then all the files are announced at once, and the scheduler
-plans, submits and polls their tasks until every one is done.
+settles (imports, lease); then all the files are announced while it is stopped
+(SIGSTOP), and once it goes on it plans, submits and polls their tasks until every one is
+done.
 
 Figures:
 - ``submit_tps``: tasks / (last submission - first task planned); planning is included,
@@ -38,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -228,8 +230,13 @@ def main() -> None:
         time.sleep(args.idle_seconds)
         baseline = cpu_seconds(proc)
         idle_rate = (baseline - settled) / args.idle_seconds
-        started = time.time()
+        # The files arrive while the scheduler is stopped (SIGSTOP), so that it plans all
+        # their tasks in one tick and the submission rate is the scheduler's and the
+        # executor's, not the rate at which this script announces files.
+        scheduler.send_signal(signal.SIGSTOP)
         announce(db, root / "raw", args.tasks)
+        started = time.time()
+        scheduler.send_signal(signal.SIGCONT)
         cpu = wait_until_done(db, proc, scheduler, tasks, args.timeout, root) - baseline
     finally:
         scheduler.terminate()
