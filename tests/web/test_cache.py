@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -16,6 +17,7 @@ from runwatch.db import Database
 from runwatch.web.app import create_app
 from runwatch.web.cache import ShortCache
 from tests.waiting import wait_for
+from tests.web.authkit import build_site, login
 from tests.web.test_queries import TestClient, seed
 
 
@@ -106,3 +108,19 @@ def test_the_recent_runs_page_and_api_show_a_change_within_the_cache_seconds(
     assert numbers() == before  # the same answer, from the cache
     wait_for(lambda: 999 in numbers(), 5, "the renumbered run on the API")
     wait_for(lambda: ">999<" in api.get("/").text, 5, "the renumbered run on the page")
+
+
+def test_the_shared_page_is_for_anonymous_visitors_only(tmp_path: Path, db: Database) -> None:
+    """A logged-in shifter's page names them and carries their CSRF token: it is rendered
+    for them, never taken from (or put into) the anonymous visitors' shared page."""
+    site = build_site(tmp_path, db, cache_seconds=60)
+    with site.client() as client:
+        anonymous = client.get("/").text
+        assert login(client, "shifter").status_code == 303
+        mine = client.get("/").text
+        assert "shifter (shifter)" in mine and "shifter (shifter)" not in anonymous
+        csrf = mine.split('name="csrf_token" value="')[1].split('"')[0]
+        assert csrf
+    with site.client() as stranger:
+        again = stranger.get("/").text
+    assert again == anonymous and csrf not in again

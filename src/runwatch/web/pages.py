@@ -31,6 +31,7 @@ from runwatch.storage.urls import URLError, url_to_path
 from runwatch.web import queries
 from runwatch.web.api_v1 import RunFilters, alarm_states, linker, recent_runs
 from runwatch.web.auth import Principal, csrf_token, current_principal, require_read
+from runwatch.web.cache import ShortCache
 from runwatch.web.files import attempt_log
 from runwatch.web.models import Role
 from runwatch.web.state import app_db
@@ -148,6 +149,17 @@ def page_link(request: Request, page: int) -> str:
 
 @router.get("/", response_class=HTMLResponse)
 def runs_page(request: Request) -> HTMLResponse:
+    if current_principal(request) is None:
+        # An anonymous visitor's page depends on the query alone (no name, no CSRF token,
+        # no action buttons): the rendered page is shared for [web] cache_seconds like
+        # its data, which spares rendering it for every screen in the control room.
+        cache: ShortCache = request.app.state.recent_runs
+        body = cache.get(("page", request.url.query), lambda: _runs_page(request).body)
+        return HTMLResponse(body)
+    return _runs_page(request)
+
+
+def _runs_page(request: Request) -> HTMLResponse:
     filters = form_filters(request.query_params)
     found = recent_runs(request, filters)
     streams = choices(request, "streams", lambda: read(request, queries.streams))
