@@ -50,14 +50,16 @@ condor_system_mounts() {
   condor_mount -t sysfs sys "$CONDOR_ROOT/sys"
 }
 
-# Host folders the jobs see at the same path.
+# Host folders the jobs see at the same path. A folder inside another one listed is left
+# out: it is seen through that one already, and a mount of its own would keep it busy (a
+# clone under /tmp could not be deleted while the pool runs).
 condor_shared_dirs() {
   local python=${PYTHON:-python3}
   {
     echo /tmp
     "$python" -c 'import sys; print(sys.prefix); print(sys.base_prefix)'
     echo "$CONDOR_PROJECT"
-  } | sort -u
+  } | sort -u | awk '{ for (i = 1; i <= n; i++) if (index($0 "/", kept[i] "/") == 1) next; kept[++n] = $0; print }'
 }
 
 condor_shared_mounts() {
