@@ -460,7 +460,7 @@ def test_a_claim_that_fails_half_way_changes_nothing(
     any_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The attempt and its task go RUNNING together or not at all, on every database."""
-    from runwatch.jobs import wrapper
+    from runwatch.jobs import report, wrapper
     from runwatch.workflow import service
 
     attempt_id = make_attempt(any_db, tmp_path, "touch ran")
@@ -472,7 +472,7 @@ def test_a_claim_that_fails_half_way_changes_nothing(
         raise sa.exc.OperationalError("WITH claimed_attempt ...", {}, Exception("lost"))
 
     monkeypatch.setattr(service, "transition", failing_transition)
-    monkeypatch.setattr(wrapper, "claim_attempt_at_once", failing_claim)
+    monkeypatch.setattr(report, "claim_attempt_at_once", failing_claim)
     with pytest.raises(sa.exc.OperationalError):
         wrapper.claim(any_db, attempt_id, HOST)
     attempt, task, _ = attempt_row(any_db, attempt_id)

@@ -38,7 +38,7 @@ from types import FrameType
 
 import sqlalchemy as sa
 
-from runwatch.db import Database, utcnow
+from runwatch.db import Database
 from runwatch.jobs.environment import DATABASE_URL_ENV
 from runwatch.jobs.report import (
     DatabaseReporter,
@@ -57,8 +57,6 @@ from runwatch.workflow.service import (
     Claim,
     OutputRecord,
     RetryPolicy,
-    claim_attempt,
-    claim_attempt_at_once,
 )
 from runwatch.workflow.states import AttemptState
 
@@ -188,15 +186,7 @@ def _run_attempt(target: Database | Reporter, attempt_id: int, host: str) -> int
 def claim(db: Database | Reporter, attempt_id: int, host: str) -> Claim | None:
     """Take the attempt (SUBMITTED → RUNNING) and learn its job, in one transaction; None
     if it is not ours to run (given up, cancelled, or taken by another worker)."""
-    if not isinstance(db, Database):
-        return db.claim(attempt_id, host)
-    # DatabaseReporter.claim as well; kept here, as the local workers' path, because
-    # tests/jobs/test_wrapper.py makes this module's claim_attempt_at_once fail.
-    if db.engine.dialect.name == "postgresql":
-        with db.one_statement() as connection:
-            return claim_attempt_at_once(connection, attempt_id, host, utcnow())
-    with db.transaction() as tx:
-        return claim_attempt(tx, attempt_id, host, utcnow())
+    return as_reporter(db).claim(attempt_id, host)
 
 
 def run_claimed(
