@@ -317,9 +317,10 @@ class AttemptRun:
         spec = files.spec
         fresh_workdir(files.workdir)
         files.log_path.parent.mkdir(parents=True, exist_ok=True)
+        policy = policy_of(spec)
         for item in spec["inputs"]:
             path = files.workdir / item["path"]  # an absolute path stays as it is
-            stage_in(item["url"], path, item.get("adler32"), policy_of(spec))
+            stage_in(item["url"], path, item.get("adler32"), policy)
         if self.given_up:
             return None
         result = self.run_command(files)
@@ -573,9 +574,10 @@ def store_outputs(spec: JobSpec, workdir: Path) -> list[OutputRecord]:
     """Copy each output to the destination under its own file name: a stable name, so that
     a retry overwrites what an earlier try stored instead of adding a second copy."""
     records = []
+    policy = policy_of(spec)
     for name, relative in spec["outputs"].items():
         source = workdir / relative
-        url, size, checksum = stage_out(source, spec["destination"], source.name, policy_of(spec))
+        url, size, checksum = stage_out(source, spec["destination"], source.name, policy)
         records.append(OutputRecord(name=name, url=url, size=size, adler32=checksum))
     return records
 
