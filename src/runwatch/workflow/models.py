@@ -111,6 +111,15 @@ class Attempt(Base):
     log_path: Mapped[str | None] = mapped_column(sa.String(1024))
     log_tail: Mapped[str | None] = mapped_column(sa.Text)
     reason: Mapped[str | None] = mapped_column(sa.Text)
+    job_start: Mapped[int] = mapped_column(
+        default=0,
+        server_default=sa.text("0"),
+        doc="Which start of its batch job holds the attempt (0 the first; a requeued job "
+        "starts again with a higher one and takes the attempt over).",
+    )
+    batch_status: Mapped[str | None] = mapped_column(
+        sa.String(255), doc="Why the batch system keeps the job waiting, as last polled."
+    )
 
     task: Mapped[Task] = relationship(back_populates="attempts")
 
