@@ -286,6 +286,10 @@ class WorkerSettings(BaseModel):
         return self
 
 
+OUTPUT_SCHEMES = frozenset({"file", "root", "xroot", "roots", "xroots", "https", "http"})
+"""URL schemes outputs can be stored to (``runwatch.storage.stage.stage_out``)."""
+
+
 class StorageSettings(BaseModel):
     """Copies of inputs and outputs by URL (file://, root://, https://)."""
 
@@ -294,6 +298,38 @@ class StorageSettings(BaseModel):
     timeout_seconds: float = Field(
         600.0, gt=0, description="Longest a single copy may take before it counts as failed."
     )
+    output_root: str = Field(
+        "",
+        description="Where step outputs are stored, as a URL: <output_root>/<stream>/<run>/"
+        "<step>/ (file:///..., root://host//path/ for EOS, https://host/path/ for a WebDAV "
+        "store); empty: data_root.",
+    )
+    ca_file: str = Field(
+        "",
+        description="CA certificates (PEM) that https:// storage servers are checked "
+        "against, as the worker nodes see the file; empty: the system's.",
+    )
+    cache_mb: int = Field(
+        2048,
+        ge=0,
+        description="Largest size of <work_root>/cache, where the DQM service and the web "
+        "server keep copies of outputs stored on root:// or https:// (oldest removed first).",
+    )
+
+    @field_validator("output_root")
+    @classmethod
+    def _a_storage_url(cls, value: str) -> str:
+        # Caught when the file is read, not by the first job failing to store its outputs.
+        value = value.strip()
+        if not value or value.startswith("/"):
+            return value
+        scheme, separator, rest = value.partition("://")
+        if not separator or scheme.lower() not in OUTPUT_SCHEMES or not rest.strip("/"):
+            raise ValueError(
+                f"[storage] output_root = {value!r} is not an absolute path or a URL of "
+                f"{', '.join(s + '://' for s in sorted(OUTPUT_SCHEMES))}"
+            )
+        return value
 
 
 class Settings(BaseSettings):

@@ -1,12 +1,12 @@
 """Moving a job's files: stage-in of inputs before the step, stage-out of outputs after it.
 
 Inputs come from ``file://``, ``root://`` (XRootD, EOS) or ``https://`` URLs; outputs go to
-``file://`` or ``root://`` directories. Both directions write through a temporary file
-beside the target and rename it into place only once it is whole, on disk and its adler32
-checked: against the source's (what was read, the XRootD server's, a web server's
-``Digest``), against the checksum the caller expects, and, for a local copy, against the
-file read back from disk. A job killed at any instant leaves either the old file or the
-complete new one under the final name, never a torn one.
+``file://``, ``root://`` or ``https://`` (WebDAV) directories. Both directions write
+through a temporary file beside the target and rename it into place only once it is
+whole, on disk and its adler32 checked: against the source's (what was read, the XRootD
+server's, a web server's ``Digest``), against the checksum the caller expects, and, for a
+local copy, against the file read back from disk. A job killed at any instant leaves
+either the old file or the complete new one under the final name, never a torn one.
 
 Every copy is retried with backoff (``[storage]`` settings, passed as ``policy``) when it
 failed for a reason that may pass: a server down or restarting, a broken connection, a
@@ -88,7 +88,7 @@ def stage_in(
             split_root_url(url)  # a malformed URL fails here, before any try
             fetch = _root_fetcher(url, dest, expected, progress)
         elif is_http_url(url):
-            fetch = _http_fetcher(url, dest, expected, progress)
+            fetch = _http_fetcher(url, dest, expected, policy.ca_file, progress)
         else:
             raise StageError(f"{what}: unsupported URL scheme")
     except URLError as exc:
@@ -109,7 +109,8 @@ def stage_out(
     progress: Progress | None = None,
 ) -> tuple[str, int, str]:
     """Store the file ``src_path`` as ``name`` in the directory ``destination_dir_url``
-    (``file://`` or ``root://``, made if missing); return its URL, size and adler32.
+    (``file://``, ``root://`` or ``https://``, made if missing); return its URL, size and
+    adler32.
 
     Leftover temporary files of the same name (from a job killed while storing it) are
     removed first: only the current attempt of a task writes that name.
@@ -127,6 +128,16 @@ def stage_out(
                 policy,
                 lambda deadline: xrootd.upload(
                     source, destination_dir_url, name, deadline, what, progress
+                ),
+            )
+        elif is_http_url(destination_dir_url):
+            what = f"cannot stage out {source} to {url}"
+            _require_file(source)
+            checksum, size = with_retries(
+                what,
+                policy,
+                lambda deadline: http.upload(
+                    source, destination_dir_url, name, deadline, what, policy.ca_file, progress
                 ),
             )
         elif is_file_url(destination_dir_url):
@@ -281,9 +292,11 @@ def _root_fetcher(url: str, dest: Path, expected: str | None, progress: Progress
     return fetch
 
 
-def _http_fetcher(url: str, dest: Path, expected: str | None, progress: Progress | None) -> Fetch:
+def _http_fetcher(
+    url: str, dest: Path, expected: str | None, ca_file: str, progress: Progress | None
+) -> Fetch:
     def fetch(deadline: Deadline) -> None:
-        with http.downloading(url, deadline, f"cannot stage in {url}") as download:
+        with http.downloading(url, deadline, f"cannot stage in {url}", ca_file) as download:
             blocks = _counted(download.blocks, progress)
             source = Source(download.size, lambda: download.adler32)
             _write_download(url, blocks, source, dest, expected)

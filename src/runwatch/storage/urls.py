@@ -8,6 +8,7 @@ is, because that is what people type.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
@@ -78,6 +79,17 @@ def url_to_path(url: str) -> Path:
 def path_to_url(path: str | Path) -> str:
     """``file://`` URL of ``path`` (made absolute)."""
     return Path(path).absolute().as_uri()
+
+
+def folder_url(root: str, parts: Sequence[str]) -> str:
+    """The URL of the folder ``root/part/part/.../`` (``root`` a URL or a local path)."""
+    if is_file_url(root):
+        base = Path(root) if scheme(root) == "" else url_to_path(root)
+        return base.joinpath(*parts).as_uri() + "/"
+    if is_root_url(root):
+        # XRootD takes paths literally (no %-decoding): the names go in as they are.
+        return root.rstrip("/") + "/" + "".join(f"{part}/" for part in parts)
+    return root.rstrip("/") + "/" + "".join(f"{quote(part, safe='')}/" for part in parts)
 
 
 def join_url(directory_url: str, name: str) -> str:

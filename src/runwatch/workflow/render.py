@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from runwatch.catalogue.models import FILES, RUNS
 from runwatch.config import Settings
 from runwatch.jobs.spec import InputSpec, JobSpec
+from runwatch.storage.urls import folder_url
 from runwatch.workflow.models import (
     ATTEMPTS,
     DEPENDENCIES,
@@ -230,12 +231,14 @@ def render_job(
     )
     command, outputs = render_step(step, pipeline, context)
     stream = task.file["stream"] if task.file is not None else task.run_stream
-    destination = Path(settings.data_root) / stream / str(task.run_number) / task.step
+    # [storage] output_root (EOS, a WebDAV store) or, by default, the data root.
+    root = settings.storage.output_root or settings.data_root
+    destination = folder_url(root, (stream, str(task.run_number), task.step))
     spec: JobSpec = {
         "command": command,
         "inputs": specs,
         "outputs": outputs,
-        "destination": destination.as_uri() + "/",
+        "destination": destination,
         "timeout_s": task.timeout_s,
         "threads": task.threads,
         "heartbeat_s": max(1.0, settings.scheduler.heartbeat_timeout_seconds / 6),
