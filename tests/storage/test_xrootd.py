@@ -320,14 +320,15 @@ def test_stage_out_survives_a_server_restart(
 
 def test_a_job_stages_root_inputs_into_its_inputs_folder(tmp_path: Path) -> None:
     """A file-ready message may name a root:// URL; the scheduler's render puts such an
-    input into the work directory's inputs/."""
+    input into the work directory's inputs/, under its scheme, server and path."""
     from runwatch.ingest.schema import validate_message
     from runwatch.workflow.render import local_path
 
     url = "root://eos.example:1094//eos/juno/raw/300/RUN.300.Physics.001.rtraw?eos.app=rw"
     message = {"name": "RUN.300.Physics.001.rtraw", "url": url, "run": 300, "stream": "Physics"}
     assert validate_message(message).url == url
-    assert local_path(url, tmp_path) == str(tmp_path / "inputs" / "RUN.300.Physics.001.rtraw")
+    staged = tmp_path / "inputs" / "root" / "eos.example:1094" / "eos/juno/raw/300"
+    assert local_path(url, tmp_path) == str(staged / "RUN.300.Physics.001.rtraw")
     assert split_root_url(url) == (
         "root://eos.example:1094",
         "/eos/juno/raw/300/RUN.300.Physics.001.rtraw?eos.app=rw",

@@ -135,7 +135,7 @@ def _sort_inputs(inputs: Sequence[Path]) -> tuple[Path | None, list[Contribution
             continue
         hist = None if found is None else found.hists.get(N_EVENTS)
         events = 0 if hist is None else round(float(hist.sumw.sum()))
-        contributions.append(Contribution(os.path.abspath(path), path, events=events))
+        contributions.append(Contribution(_input_key(path), path, events=events))
     if len(merged) > 1:
         raise _fail(
             f"more than one merged file among the inputs ({', '.join(map(str, merged))}); "
@@ -143,6 +143,17 @@ def _sort_inputs(inputs: Sequence[Path]) -> tuple[Path | None, list[Contribution
             2,
         )
     return (merged[0] if merged else None), contributions
+
+
+def _input_key(path: Path) -> str:
+    """A per-file input's key: its URL when the job staged it in from root:// or
+    https:// (the attempt's folder changes from one merge to the next, the URL does not),
+    else its absolute path."""
+    from runwatch.storage.urls import staged_url
+    from runwatch.workflow.render import INPUTS_ENV
+
+    inputs = os.environ.get(INPUTS_ENV)
+    return (staged_url(path, inputs) if inputs else None) or os.path.abspath(path)
 
 
 def _print_merge(report: MergeReport) -> None:

@@ -21,6 +21,7 @@ from runwatch.dqm.histogram import Hist, IncompatibleHistograms
 from runwatch.dqm.models import DqmRunQuality
 from runwatch.dqm.store import latest_merge, read_merged_file
 from runwatch.dqm.verdict import Verdict
+from runwatch.storage.cache import OutputCache
 
 
 class NoReference(Exception):
@@ -47,6 +48,7 @@ class References:
 
     session: Session
     run: Run
+    cache: OutputCache | None = None  # where merged files on root:// or https:// are read
     _hists: dict[int, dict[str, Hist]] = field(default_factory=dict)
     _windows: dict[int, tuple[int, ...]] = field(default_factory=dict)
 
@@ -79,7 +81,7 @@ class References:
             merge = None if run is None else latest_merge(self.session, run.id)
             if merge is None:
                 raise NoReference(f"reference run {number} has no merged histograms")
-            merged = read_merged_file(merge.url)
+            merged = read_merged_file(merge.url, cache=self.cache)
             if not merged.readable:
                 raise NoReference(f"reference run {number}: {merged.errors[0]['reason']}")
             self._hists[number] = merged.hists

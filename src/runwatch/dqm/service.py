@@ -68,6 +68,7 @@ from runwatch.dqm.store import (
 )
 from runwatch.dqm.trends import store_trends, trend_values
 from runwatch.dqm.verdict import CheckResult, Verdict, run_verdict
+from runwatch.storage.cache import output_cache
 from runwatch.workflow.revisions import RevisionCache
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,9 @@ def register_merges(
     final one does not override it).
     """
     new = []
+    cache = output_cache(settings)
     for task, output in unregistered_merge_tasks(session, merge_steps(session, revisions), now):
-        merge, merged = register_merge(session, task, output, now)
+        merge, merged = register_merge(session, task, output, now, cache)
         new.append(merge.id)
         log.info("run id %d: merge %d registered from task %d", task.run_id, merge.id, task.id)
         latest = latest_merge(session, task.run_id)
@@ -236,7 +238,7 @@ def evaluate_run(
     now = now or utcnow()
     problems: list[str] = []
     if hists is None:
-        merged = read_merged_file(merge.url)
+        merged = read_merged_file(merge.url, cache=output_cache(settings))
         hists = merged.hists
         problems += [str(e["reason"]) for e in merged.errors if not merged.readable]
     try:
@@ -251,7 +253,7 @@ def evaluate_run(
             specs = load_checks(settings.dqm.checks)
         except CheckSpecError as exc:
             problems.append(f"check file: {exc}")
-    checks = _RunChecks(settings, hists, cuts, References(session, run))
+    checks = _RunChecks(settings, hists, cuts, References(session, run, output_cache(settings)))
     evaluated = [checks.result(spec) for spec in specs]
     _store_results(session, run, merge, evaluated, now)
     results = [result for result, _ in evaluated]

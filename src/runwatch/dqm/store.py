@@ -26,8 +26,10 @@ from runwatch.catalogue.models import File, Run
 from runwatch.dqm.histogram import Hist, HistFile, HistogramFileError, read_file
 from runwatch.dqm.merge import META_FORMAT
 from runwatch.dqm.models import DqmHistogram, DqmMerge
+from runwatch.storage.cache import OutputCache, ReplacedError, default_cache
 from runwatch.storage.checksum import adler32_file, normalise_adler32
-from runwatch.storage.urls import URLError, url_to_path
+from runwatch.storage.transfer import StageError
+from runwatch.storage.urls import URLError, is_file_url, is_root_url, split_root_url, url_to_path
 from runwatch.workflow.models import PipelineRevision, Task, TaskOutput
 from runwatch.workflow.planner import ACTIVE_RUN
 from runwatch.workflow.revisions import RevisionCache
@@ -109,36 +111,51 @@ def recent_tasks_floor(session: Session, now: dt.datetime) -> int | None:
     return floor
 
 
-def read_merged_file(url: str, checksum: str | None = None) -> MergedFile:
+def read_merged_file(
+    url: str, checksum: str | None = None, cache: OutputCache | None = None
+) -> MergedFile:
     """A merged file's histograms and contribution list; unreadable: ``readable`` False.
 
     With ``checksum`` (the adler32 the merge task recorded), a file that no longer has it
     is unreadable too: a later merge replaced it (a pipeline may keep one merged file per
     run, every merge replacing the previous one), and it no longer holds this merge.
+    A ``file://`` file is read in place; one on ``root://`` or ``https://`` through a
+    local copy in ``cache`` (``[storage] output_root``; default: ``default_cache()``).
     """
     try:
-        path = url_to_path(url)
-        if checksum is not None and adler32_file(path) != normalise_adler32(checksum):
-            raise HistogramFileError(url, "replaced by a later merge since (another checksum)")
+        if is_file_url(url):
+            path = url_to_path(url)
+            if checksum is not None and adler32_file(path) != normalise_adler32(checksum):
+                raise ReplacedError(url)
+        else:
+            path = (cache or default_cache()).local_path(url, checksum)
         found = read_file(path)
         meta = found.meta or {}
         if meta.get("format") != META_FORMAT:
             raise HistogramFileError(url, "not a merged histogram file (no contribution list)")
-    except (HistogramFileError, URLError, OSError) as exc:
+    except ReplacedError:
+        reason = "replaced by a later merge since (another checksum)"
+        return MergedFile({}, [], [{"key": MERGED_FILE, "path": url, "reason": reason}], False)
+    except (HistogramFileError, URLError, StageError, OSError) as exc:
         reason = exc.reason if isinstance(exc, HistogramFileError) else str(exc)
         return MergedFile({}, [], [{"key": MERGED_FILE, "path": url, "reason": reason}], False)
     return MergedFile(found.hists, list(meta["contributions"]), list(meta.get("excluded", [])))
 
 
 def register_merge(
-    session: Session, task: Task, output: TaskOutput, now: dt.datetime
+    session: Session,
+    task: Task,
+    output: TaskOutput,
+    now: dt.datetime,
+    cache: OutputCache | None = None,
 ) -> tuple[DqmMerge, MergedFile]:
-    """Register one merge task's merged file and the histograms it and its inputs hold.
+    """Register one merge task's merged file and the histograms it and its inputs hold
+    (``cache``: where a merged file on root:// or https:// is copied to be read).
 
     A task re-run by an operator keeps its ``DqmMerge`` row (results point at it), which
     is rewritten from the new output.
     """
-    merged = read_merged_file(output.url, output.adler32)
+    merged = read_merged_file(output.url, output.adler32, cache)
     files_total, events_total = run_totals(session, task.run_id)
     merge = session.scalar(sa.select(DqmMerge).where(DqmMerge.task_id == task.id))
     if merge is None:
@@ -221,7 +238,11 @@ def _register_contributions(
     )
     done = {(task_id, name): attempt for task_id, name, attempt in session.execute(registered)}
     for contribution in contributions:
-        output = outputs.get(str(contribution.get("path", contribution.get("key"))))
+        # The key is the input's URL when it was staged in from root:// or https://
+        # (``runwatch dqm merge``), its absolute path when it was read in place.
+        output = outputs.get(_path_of(str(contribution.get("key")))) or outputs.get(
+            str(contribution.get("path"))
+        )
         if output is None or done.get((output.task_id, output.name)) == output.attempt_id:
             continue
         objects = _objects_of(contribution)
@@ -245,7 +266,12 @@ def _run_outputs(session: Session, run_id: int) -> Sequence[TaskOutput]:
 
 
 def _path_of(url: str) -> str:
+    """What identifies an output's file, whatever the spelling of its URL: the local path
+    of a ``file://`` one, the server and path of a ``root://`` one (one or two slashes)."""
     try:
+        if is_root_url(url):
+            server, path = split_root_url(url)
+            return f"{server}/{path}"
         return str(url_to_path(url))
     except URLError:
         return url

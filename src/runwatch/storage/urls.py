@@ -103,3 +103,27 @@ def join_url(directory_url: str, name: str) -> str:
             raise URLError(f"cannot put {name!r} into {directory_url}: ? or # in it")
         return base + name
     return base + quote(name, safe="")
+
+
+def staged_path(url: str, inputs: Path) -> Path:
+    """Where a job stages in the remote input ``url``: under its folder ``inputs``, at
+    ``<scheme>/<server>/<path>``, so that the path tells the URL back (``staged_url``)
+    and two inputs of one name do not collide."""
+    parts = urlsplit(url)
+    names = [p for p in unquote(parts.path).split("/") if p not in ("", ".", "..")]
+    return inputs.joinpath(parts.scheme.lower(), parts.netloc, *names)
+
+
+def staged_url(path: str | Path, inputs: str | Path) -> str | None:
+    """The URL a file under ``inputs`` was staged in from (``staged_path``); None for a
+    file elsewhere."""
+    try:
+        relative = Path(path).absolute().relative_to(Path(inputs).absolute())
+    except ValueError:
+        return None
+    if len(relative.parts) < 3:
+        return None
+    scheme_, server, *names = relative.parts
+    if scheme_ in ROOT_SCHEMES:
+        return f"{scheme_}://{server}//" + "/".join(names)
+    return f"{scheme_}://{server}/" + quote("/".join(names))

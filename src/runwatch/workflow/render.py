@@ -7,7 +7,6 @@ read with few Core queries: one for the READY tasks with their run and file
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ import sqlalchemy as sa
 from runwatch.catalogue.models import FILES, RUNS
 from runwatch.config import Settings
 from runwatch.jobs.spec import InputSpec, JobSpec
-from runwatch.storage.urls import folder_url
+from runwatch.storage.urls import folder_url, staged_path
 from runwatch.workflow.models import (
     ATTEMPTS,
     DEPENDENCIES,
@@ -189,12 +188,17 @@ class RenderedJob:
     submit: Mapping[str, Any] = field(default_factory=dict)  # the step's, by executor name
 
 
+INPUTS_ENV = "RUNWATCH_INPUTS"
+"""The step's environment variable naming the folder its remote inputs are staged into
+(``runwatch dqm merge`` keys such an input by its URL, not by the attempt's path)."""
+
+
 def local_path(url: str, workdir: Path) -> str:
     """Where the wrapper will find an input: in place for file://, else staged in."""
     parts = urlsplit(url)
     if parts.scheme in ("", "file"):
         return unquote(parts.path)
-    return str(workdir / "inputs" / posixpath.basename(unquote(parts.path)))
+    return str(staged_path(url, workdir / "inputs"))
 
 
 def render_job(
@@ -242,7 +246,11 @@ def render_job(
         "timeout_s": task.timeout_s,
         "threads": task.threads,
         "heartbeat_s": max(1.0, settings.scheduler.heartbeat_timeout_seconds / 6),
-        "env": {"RUNWATCH_TASK": task.key, "RUNWATCH_RUN": str(task.run_number)},
+        "env": {
+            "RUNWATCH_TASK": task.key,
+            "RUNWATCH_RUN": str(task.run_number),
+            INPUTS_ENV: str(workdir / "inputs"),
+        },
         "retry": {
             "backoff_seconds": settings.scheduler.backoff_seconds,
             "backoff_max_seconds": settings.scheduler.backoff_max_seconds,
