@@ -29,6 +29,7 @@ SERVER_ENV = {
     "htcondor": "RUNWATCH_TEST_CONDOR_CONFIG",  # the pool's client condor_config file
     "slurm": "RUNWATCH_TEST_SLURM_PARTITION",  # a partition of the single-node Slurm
     "xrootd": "RUNWATCH_TEST_XROOTD_URL",  # root://host:port//writable/folder/
+    "xrootd_http": "RUNWATCH_TEST_XROOTD_HTTP_URL",  # https:// of the same folder (XrdHttp)
 }
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
