@@ -104,6 +104,7 @@ def test_the_job_script_exports_the_environment_and_becomes_the_wrapper() -> Non
         "# runwatch attempt 7",
         "export B='it'\"'\"'s'",
         f"export RUNWATCH_DATABASE_URL={SECRET_URL}",
+        'export RUNWATCH_JOB_START="${SLURM_RESTART_COUNT:-0}"',  # counted by Slurm
         "exec /opt/venv/bin/python -m runwatch job run 7",
     ]
     with pytest.raises(ValueError, match="not an environment variable name"):
@@ -255,9 +256,19 @@ def test_cancel_kills_a_running_job(
     executor.cancel(ext)
     wait_for_status(executor, ext, JobStatus.GONE, 60)
     wait_for(lambda: not any(p.is_running() for p in steps), 30, "the step killed")
-    # Nobody had decided the attempt's end: the wrapper records that it was killed.
-    wait_for(lambda: attempt_row(db, attempt_id)[0].state is AttemptState.FAILED, 30, "a record")
-    assert attempt_row(db, attempt_id)[0].reason == "killed (SIGTERM)"
+    # The wrapper cannot tell a cancel from a requeue (SIGTERM either way): it leaves the
+    # attempt RUNNING, and the scheduler learns from Slurm that the job is gone.
+    attempt = attempt_row(db, attempt_id)[0]
+    assert attempt.state is AttemptState.RUNNING and attempt.log_path is not None
+    wait_for(
+        lambda: "stopped by the batch system" in Path(attempt.log_path or "").read_text(),
+        30,
+        "the wrapper's word",
+    )
+    Scheduler(on_slurm, db, executor).supervise()
+    attempt = attempt_row(db, attempt_id)[0]
+    assert attempt.state is AttemptState.LOST
+    assert attempt.reason is not None and "Slurm job CANCELLED" in attempt.reason
 
 
 def test_a_job_slurm_cannot_start_ends_the_attempt_with_slurms_reason(

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 
 from runwatch.executors.base import JobInfo, JobStatus
 from runwatch.workflow.states import AttemptState
-from runwatch.workflow.supervise import Limits, OpenAttempt, judge
+from runwatch.workflow.supervise import Limits, OpenAttempt, batch_status, judge, requeued
 
 T0 = dt.datetime(2025, 8, 26, 12, 0, tzinfo=dt.UTC)
 LIMITS = Limits(heartbeat_timeout_s=120, submit_grace_s=60)
@@ -73,3 +74,66 @@ def test_a_silent_job_is_lost_and_killed() -> None:
     assert verdict is not None
     assert verdict.state is AttemptState.LOST and verdict.kill
     assert verdict.reason == "no heartbeat for 121 s"
+
+
+# -- a batch job its batch system requeued ------------------------------------------------
+
+
+def restarted(beat_age: float, job_start: int = 0, timeout_s: float = 0.0) -> OpenAttempt:
+    """A RUNNING attempt held by start ``job_start`` of its batch job."""
+    return replace(attempt(beat_age=beat_age, timeout_s=timeout_s), job_start=job_start)
+
+
+def test_a_requeued_job_waiting_is_not_judged_by_heartbeat_or_timeout() -> None:
+    waiting = JobInfo(JobStatus.QUEUED, reason="BeginTime, requeued 1x", start=1)
+    assert judge(restarted(beat_age=900, timeout_s=60), waiting, LIMITS, at(1000)) is None
+
+
+def test_a_requeued_job_starting_again_is_left_to_take_its_attempt_over() -> None:
+    starting = JobInfo(JobStatus.RUNNING, start=1)
+    assert judge(restarted(beat_age=900), starting, LIMITS, at(1000)) is None
+
+
+def test_once_taken_over_the_attempt_is_judged_as_usual_again() -> None:
+    running = JobInfo(JobStatus.RUNNING, start=1)
+    verdict = judge(restarted(beat_age=900, job_start=1), running, LIMITS, at(1000))
+    assert verdict is not None and verdict.state is AttemptState.LOST and verdict.kill
+    # Its timeout counts from the start that took it over (started_at, set by the claim).
+    verdict = judge(restarted(beat_age=0, job_start=1, timeout_s=60), running, LIMITS, at(1000))
+    assert verdict is not None and verdict.state is AttemptState.TIMED_OUT
+
+
+def test_a_job_queued_without_a_start_count_is_judged_as_before() -> None:
+    """The local executor says QUEUED for a job just finished, and counts no starts."""
+    verdict = judge(attempt(beat_age=900), JobInfo(JobStatus.QUEUED), LIMITS, at(1000))
+    assert verdict is not None and verdict.state is AttemptState.LOST
+
+
+def test_a_requeued_job_then_failed_or_gone_gets_the_usual_verdicts() -> None:
+    held = JobInfo(JobStatus.GONE, reason="Slurm job TIMEOUT", failed=True, start=1)
+    verdict = judge(restarted(beat_age=0), held, LIMITS, at(1000))
+    assert verdict is not None
+    assert (verdict.state, verdict.reason) == (AttemptState.FAILED, "Slurm job TIMEOUT")
+    gone = JobInfo(JobStatus.GONE, reason="Slurm job CANCELLED", start=1)
+    verdict = judge(restarted(beat_age=0), gone, LIMITS, at(1000))
+    assert verdict is not None and verdict.state is AttemptState.LOST
+
+
+def test_a_submitted_attempt_is_not_taken_for_requeued() -> None:
+    pending = attempt(AttemptState.SUBMITTED)
+    assert not requeued(pending, JobInfo(JobStatus.QUEUED, start=1))
+    assert requeued(restarted(0), JobInfo(JobStatus.QUEUED, start=1))
+    assert not requeued(restarted(0, job_start=1), JobInfo(JobStatus.QUEUED, start=1))
+    assert not requeued(restarted(0), JobInfo(JobStatus.QUEUED))
+
+
+def test_the_batch_status_is_the_reason_a_job_waits_and_clears_when_it_runs() -> None:
+    fresh = attempt(AttemptState.SUBMITTED)
+    assert batch_status(fresh, JobInfo(JobStatus.QUEUED, reason="Priority")) == "Priority"
+    assert batch_status(fresh, JobInfo(JobStatus.QUEUED)) == "queued"
+    long = JobInfo(JobStatus.QUEUED, reason="x" * 1000)
+    assert batch_status(fresh, long) == "x" * 255
+    noted = replace(fresh, batch_status="Resources")
+    assert batch_status(noted, JobInfo(JobStatus.RUNNING)) is None
+    assert batch_status(noted, None) == "Resources"  # the executor said nothing: unchanged
+    assert batch_status(noted, JobInfo(JobStatus.GONE, reason="x")) == "Resources"

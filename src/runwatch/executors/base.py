@@ -55,6 +55,10 @@ class JobInfo:
     # GONE because the batch system itself ended the job for ``reason`` (held, over its
     # memory or time, ...): the attempt FAILED with that reason, rather than being LOST.
     failed: bool = False
+    # Which start of the job the batch system is on or will make next, counted as the
+    # wrapper's RUNWATCH_JOB_START is (0 the first); None where jobs never start again.
+    # Higher than the start that holds the attempt: the job was requeued.
+    start: int | None = None
 
 
 @runtime_checkable

@@ -10,10 +10,10 @@ with its exit code; a job it no longer shows has ended. Nothing is kept in memor
 external id, ``slurm:JOBID``, is all a scheduler started after a kill -9 needs.
 
 Jobs are submitted with ``--requeue``: when a node fails or a job is preempted, Slurm runs
-the job again, and ``poll`` reports it QUEUED meanwhile (see docs/executors-slurm.md for
-what the wrapper then does). A job pending for a reason Slurm never lifts by itself (a
-dependency that can no longer be met, a launch that failed again and again) is reported
-gone with that reason, and ``poll`` cancels it.
+the job again, and ``poll`` reports it QUEUED meanwhile, with its start count, and the
+next start takes the same attempt over (see docs/executors-slurm.md). A job pending for
+a reason Slurm never lifts by itself (a dependency that can no longer be met, a launch
+that failed again and again) is reported gone with that reason, and ``poll`` cancels it.
 """
 
 from __future__ import annotations
@@ -106,10 +106,13 @@ class SqueueLine:
         if self.restarts:
             again = f"requeued {self.restarts}x"
             reason = f"{reason}, {again}" if reason else again
+        # RestartCnt numbers the job's starts as SLURM_RESTART_COUNT does in the job.
         if self.state in WAITING and not self.never_starts():
-            return JobInfo(JobStatus.QUEUED, reason=reason or self.state.lower())
+            return JobInfo(
+                JobStatus.QUEUED, reason=reason or self.state.lower(), start=self.restarts
+            )
         if self.state in STARTED:
-            return JobInfo(JobStatus.RUNNING, reason=reason)
+            return JobInfo(JobStatus.RUNNING, reason=reason, start=self.restarts)
         exit_code, signalled = wait_status(self.exit_code)
         if signalled:
             reason = f"{reason}, signal {signalled}" if reason else f"signal {signalled}"

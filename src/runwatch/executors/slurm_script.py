@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from runwatch.config import SlurmSettings
 from runwatch.executors.base import JobRequest
+from runwatch.jobs.environment import JOB_START_ENV
 from runwatch.workflow.supervise import timeout_grace
 
 # Beyond the wrapper's own timeout and the scheduler's grace after it: the wrapper stages
@@ -72,11 +73,14 @@ def step_options(job: JobRequest) -> list[str]:
 
 
 def batch_script(job: JobRequest) -> str:
-    """The job script: export the wrapper's environment, then become the wrapper."""
+    """The job script: export the wrapper's environment, then become the wrapper. Which
+    start of the job it is comes from Slurm when it runs (SLURM_RESTART_COUNT, unset on
+    the first start): a requeued start takes its attempt over."""
     lines = ["#!/bin/sh", f"# runwatch attempt {job.attempt_id}"]
     for name, value in sorted(job.env.items()):
         if not (name.isascii() and name.isidentifier()):
             raise ValueError(f"not an environment variable name: {name!r}")
         lines.append(f"export {name}={shlex.quote(value)}")
+    lines.append(f'export {JOB_START_ENV}="${{SLURM_RESTART_COUNT:-0}}"')
     lines.append(f"exec {shlex.join(job.argv)}")
     return "\n".join(lines) + "\n"

@@ -19,6 +19,11 @@ DATABASE_URL_ENV = "RUNWATCH_DATABASE_URL"  # not in argv: ps would show a passw
 API_URL_ENV = "RUNWATCH_API_URL"
 ATTEMPT_TOKEN_ENV = "RUNWATCH_ATTEMPT_TOKEN"
 REPORT_RETRY_ENV = "RUNWATCH_REPORT_RETRY_SECONDS"
+# Which start of its batch job the wrapper runs in (0 the first; set by the batch
+# executors in the job itself, from the batch system's own count: Slurm's
+# SLURM_RESTART_COUNT, HTCondor's NumJobStarts). Unset for the local executor, whose jobs
+# are never started again.
+JOB_START_ENV = "RUNWATCH_JOB_START"
 
 
 def wrapper_command(settings: Settings) -> tuple[str, ...]:

@@ -13,6 +13,10 @@ gave the attempt up), and records how it ended. Two implementations:
   the database. The server applies them with a ``DatabaseReporter``, so both paths change
   the database in exactly the same way.
 
+Both carry the start of the batch job they report for (``RUNWATCH_JOB_START``, set by the
+batch executors; 0 without it): a job its batch system requeued starts again with a
+higher number, takes its attempt over, and the earlier start can no longer beat or record.
+
 When the server cannot be reached (refused, timed out, a 5xx answer) the HTTP reporter
 retries with backoff until ``[worker] report_retry_seconds`` have passed. A heartbeat that
 fails is only logged: the scheduler's heartbeat timeout decides whether the attempt lives.
@@ -40,7 +44,12 @@ import httpx
 import sqlalchemy as sa
 
 from runwatch.db import Database, utcnow
-from runwatch.jobs.environment import API_URL_ENV, ATTEMPT_TOKEN_ENV, REPORT_RETRY_ENV
+from runwatch.jobs.environment import (
+    API_URL_ENV,
+    ATTEMPT_TOKEN_ENV,
+    JOB_START_ENV,
+    REPORT_RETRY_ENV,
+)
 from runwatch.workflow.service import (
     AttemptOutcome,
     Claim,
@@ -72,6 +81,10 @@ class Reporter(Protocol):
     """What the wrapper needs to report on one attempt. Methods are called from the
     wrapper's main thread (claim, record) and its watcher thread (heartbeat), never at the
     same time for one attempt."""
+
+    # Which start of its batch job the wrapper is (``job_start_from_env``); None: not a
+    # batch job its batch system may start again (a local worker's).
+    job_start: int | None
 
     def claim(self, attempt_id: int, host: str) -> Claim | None:
         """Take the attempt (SUBMITTED → RUNNING) and return its job; None if it is not
@@ -108,6 +121,13 @@ class Unreachable(Exception):
     """One try to reach the server failed in a way worth retrying."""
 
 
+def job_start_from_env(environ: Mapping[str, str]) -> int | None:
+    """The start of its batch job the wrapper runs in (``RUNWATCH_JOB_START``); None when
+    unset or not a count."""
+    text = environ.get(JOB_START_ENV, "").strip()
+    return int(text) if text.isdigit() else None
+
+
 # -- inside the firewall ------------------------------------------------------------------
 
 
@@ -116,21 +136,28 @@ class DatabaseReporter:
     that fails on a connection error (the web server, which has its own client retrying,
     tries once)."""
 
-    def __init__(self, db: Database, retries: int = RECORD_RETRIES) -> None:
+    def __init__(
+        self, db: Database, retries: int = RECORD_RETRIES, job_start: int | None = None
+    ) -> None:
         self.db = db
         self.retries = retries
+        self.job_start = job_start
 
     def claim(self, attempt_id: int, host: str) -> Claim | None:
+        start = self.job_start or 0
         if self.db.engine.dialect.name == "postgresql":
             with self.db.one_statement() as connection:
-                return claim_attempt_at_once(connection, attempt_id, host, utcnow())
+                claimed = claim_attempt_at_once(connection, attempt_id, host, utcnow(), start)
+            if claimed is not None or start == 0:
+                return claimed
+            # Not SUBMITTED: maybe this job's earlier start holds it (a requeue).
         with self.db.transaction() as tx:
-            return claim_attempt(tx, attempt_id, host, utcnow())
+            return claim_attempt(tx, attempt_id, host, utcnow(), start)
 
     def heartbeat(self, attempt_id: int) -> bool:
         try:
             with self.db.transaction() as tx:
-                return heartbeat(tx, attempt_id, utcnow())
+                return heartbeat(tx, attempt_id, utcnow(), self.job_start or 0)
         except sa.exc.SQLAlchemyError as exc:
             log.warning("attempt %d: heartbeat failed: %s", attempt_id, exc)
             return True
@@ -146,8 +173,11 @@ class DatabaseReporter:
         for attempt in range(self.retries):
             try:
                 if at_once:
+                    assert claimed is not None  # can_finish_at_once needs it
                     with self.db.one_statement() as connection:
-                        return finish_at_once(connection, attempt_id, outcome, utcnow())
+                        return finish_at_once(
+                            connection, attempt_id, outcome, utcnow(), claimed.job_start
+                        )
                 with self.db.transaction() as tx:
                     return finish_attempt(tx, attempt_id, outcome, policy, utcnow(), claim=claimed)
             except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
@@ -171,7 +201,7 @@ def outcome_document(outcome: AttemptOutcome) -> dict[str, Any]:
 
 def outcome_from_document(document: Mapping[str, Any]) -> AttemptOutcome:
     outputs = tuple(OutputRecord(**output) for output in document.get("outputs", ()))
-    fields = {k: v for k, v in document.items() if k not in ("state", "outputs")}
+    fields = {k: v for k, v in document.items() if k not in ("state", "outputs", "job_start")}
     return AttemptOutcome(state=AttemptState(document["state"]), outputs=outputs, **fields)
 
 
@@ -186,10 +216,17 @@ class HttpReporter:
     """Reports through the web server with the attempt's token; keeps a report it cannot
     deliver at once in a spool file and retries it until ``retry_s`` have passed."""
 
-    def __init__(self, api_url: str, token: str, retry_s: float = DEFAULT_RETRY_S) -> None:
+    def __init__(
+        self,
+        api_url: str,
+        token: str,
+        retry_s: float = DEFAULT_RETRY_S,
+        job_start: int | None = None,
+    ) -> None:
         self.api_url = api_url.rstrip("/")
         self.token = token
         self.retry_s = retry_s
+        self.job_start = job_start
         self.client = httpx.Client(
             base_url=self.api_url,
             headers={"Authorization": f"Bearer {token}"},
@@ -203,7 +240,8 @@ class HttpReporter:
         url, token = environ.get(API_URL_ENV), environ.get(ATTEMPT_TOKEN_ENV)
         if not url or not token:
             return None
-        return cls(url, token, float(environ.get(REPORT_RETRY_ENV) or DEFAULT_RETRY_S))
+        retry_s = float(environ.get(REPORT_RETRY_ENV) or DEFAULT_RETRY_S)
+        return cls(url, token, retry_s, job_start_from_env(environ))
 
     def close(self) -> None:
         self.client.close()
@@ -211,7 +249,10 @@ class HttpReporter:
     def claim(self, attempt_id: int, host: str) -> Claim | None:
         answer = self.patiently(
             f"attempt {attempt_id}: claim",
-            lambda: self.post(f"/api/v1/attempts/{attempt_id}/claim", {"host": host}),
+            lambda: self.post(
+                f"/api/v1/attempts/{attempt_id}/claim",
+                {"host": host, "job_start": self.job_start or 0},
+            ),
         )
         if answer.status_code == 409:
             return None
@@ -219,7 +260,11 @@ class HttpReporter:
 
     def heartbeat(self, attempt_id: int) -> bool:
         try:
-            answer = self.post(f"/api/v1/attempts/{attempt_id}/heartbeat", {}, HEARTBEAT_TIMEOUT_S)
+            answer = self.post(
+                f"/api/v1/attempts/{attempt_id}/heartbeat",
+                {"job_start": self.job_start or 0},
+                HEARTBEAT_TIMEOUT_S,
+            )
         except (Unreachable, ReportRejected) as exc:
             if not self.heart_failing:
                 log.warning("attempt %d: heartbeat failed (%s); still trying", attempt_id, exc)
@@ -242,7 +287,8 @@ class HttpReporter:
         claimed: Claim | None,
     ) -> bool:
         del policy  # the server applies the retry policy of the job it rendered
-        document = outcome_document(outcome)
+        # Only this start of the batch job may record it (a requeued one took it over?).
+        document = {**outcome_document(outcome), "job_start": claimed.job_start if claimed else 0}
         workdir = attempt_workdir(attempt_id, claimed.workdir if claimed else None)
         spool = workdir / SPOOL_NAME
         # Kept before it is sent: a wrapper killed while it waits for the server (say, at

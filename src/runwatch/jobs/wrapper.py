@@ -13,8 +13,15 @@ or through the web server's API with a token for its attempt, as its environment
 (``runwatch.jobs.environment``). Functions that take ``Database | Reporter`` use the
 database directly when given one.
 
+A batch job (``RUNWATCH_JOB_START`` set by its executor) that gets SIGTERM kills its
+command but records nothing: its batch system is stopping it, maybe to run it again
+(requeue, preemption), maybe for good (held, over its limits, cancelled). The attempt
+stays RUNNING; the scheduler learns from the batch system which it was, and a requeued
+job's next start takes the attempt over (``runwatch.workflow.service.claim_attempt``).
+
 Exit codes: 0 the attempt succeeded, or there was nothing to do; 1 the attempt failed and
-that was recorded; 2 bad usage; 3 the outcome could not be recorded.
+that was recorded; 2 bad usage; 3 the outcome could not be recorded; 143 stopped by
+SIGTERM in a batch job, left to the scheduler.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from runwatch.jobs.report import (
     ReportRejected,
     ReportUndelivered,
     attempt_workdir,
+    job_start_from_env,
 )
 from runwatch.jobs.slots import SLOTS_ENV, slots_from_env, slots_held
 from runwatch.jobs.spec import JobSpec, job_spec
@@ -66,6 +74,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNRECORDED = 3
+EXIT_STOPPED = 128 + signal.SIGTERM  # as a shell reports a process SIGTERM ended
 
 KILL_GRACE_S = 2.0  # SIGTERM first, so that a step can flush; SIGKILL after this
 LOG_TAIL_BYTES = 4096
@@ -119,6 +128,7 @@ def run_from_url(attempt_id: int, url: str | None = None) -> int:
     """Run with the reporter the environment names: the database ``url`` if given, else
     the web server with the attempt's token, else ``$RUNWATCH_DATABASE_URL``."""
     setup_logging()
+    job_start = job_start_from_env(os.environ)
     http = None if url else HttpReporter.from_env(os.environ)
     if http is not None:
         try:
@@ -134,7 +144,8 @@ def run_from_url(attempt_id: int, url: str | None = None) -> int:
         return EXIT_USAGE
     db = Database(url)
     try:
-        return run_attempt(db, attempt_id, socket.gethostname())
+        reporter = DatabaseReporter(db, job_start=job_start)
+        return run_attempt(reporter, attempt_id, socket.gethostname())
     finally:
         db.dispose()
 
@@ -208,6 +219,13 @@ def run_claimed(
     with job.signals_handled() if handle_signals else contextlib.nullcontext():
         outcome, policy = job.run(claimed)
         job.finishing = True  # a signal now must not interrupt the recording
+        if outcome is None and job.stopped:
+            log.warning(
+                "attempt %d: stopped by the batch system (SIGTERM); left running for the "
+                "scheduler to judge, or for this job's next start",
+                attempt_id,
+            )
+            return EXIT_STOPPED
         if outcome is None:
             log.warning("attempt %d was given up while running; nothing recorded", attempt_id)
             return EXIT_OK
@@ -281,6 +299,10 @@ class AttemptRun:
         self.starting = False
         self.signalled: int | None = None  # SIGTERM/SIGINT received by the wrapper
         self.given_up = False  # heartbeat refused: the attempt is not ours any more
+        # A batch job's SIGTERM leaves the attempt to the batch system's next start or to
+        # the scheduler: the wrapper records nothing (a local worker has no job start).
+        self.batch_job = reporter.job_start is not None
+        self.stopped = False  # so stopped: nothing to record
         self.timed_out = False
         self.finishing = False  # the outcome is being recorded: signals only set the flag
         self.kill_at: float | None = None  # monotonic time of the SIGKILL after a SIGTERM
@@ -484,7 +506,10 @@ class AttemptRun:
 
     def killed(
         self, signum: int, files: AttemptFiles | None, result: CommandResult | None = None
-    ) -> AttemptOutcome:
+    ) -> AttemptOutcome | None:
+        if self.batch_job and signum == signal.SIGTERM:
+            self.stopped = True
+            return None
         reason = f"killed ({signal.Signals(signum).name})"
         return self.outcome(AttemptState.FAILED, reason, files, result)
 

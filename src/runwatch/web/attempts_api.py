@@ -9,6 +9,10 @@ Each call needs ``Authorization: Bearer <token>`` with the attempt's own token
 forged one. These tokens open nothing else: the rest of the site looks Bearer tokens up
 among the accounts' API tokens, where they are not.
 
+Each call carries ``job_start``, the start of the batch job the worker is (0 the first,
+and without it): a requeued job starting again takes its attempt over, and the earlier
+start's heartbeats and finish are then refused (``running`` false, 409).
+
 Answers: 409 when the attempt is not the caller's any more (given up, cancelled, lost,
 already ended differently): nothing changed. A finish repeated after its answer was lost
 is answered 200 with ``"already": true`` when the stored end matches the report (state,
@@ -70,10 +74,21 @@ def database_reached() -> Iterator[None]:
         raise HTTPException(status_code=503, detail="database unavailable") from exc
 
 
+# Which start of its batch job the worker is (RUNWATCH_JOB_START): 0 the first.
+JOB_START = Field(0, ge=0, description="The start of the batch job reporting (0: the first)")
+
+
 class ClaimRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     host: str = Field(min_length=1, max_length=255, description="The worker node's name")
+    job_start: int = JOB_START
+
+
+class HeartbeatRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    job_start: int = JOB_START
 
 
 class OutputReport(BaseModel):
@@ -100,6 +115,7 @@ class OutcomeReport(BaseModel):
     peak_rss_mb: float | None = None
     log_tail: str | None = Field(None, max_length=LOG_TAIL_MAX)
     outputs: list[OutputReport] = Field(default_factory=list, max_length=10_000)
+    job_start: int = JOB_START
 
     def outcome(self) -> AttemptOutcome:
         return outcome_from_document(self.model_dump())
@@ -109,7 +125,8 @@ class OutcomeReport(BaseModel):
 def claim(attempt_id: AttemptId, body: ClaimRequest, request: Request) -> dict[str, Any]:
     """Take the attempt (SUBMITTED → RUNNING) and answer its job; 409 if not yours to run."""
     with database_reached():
-        claimed = DatabaseReporter(app_db(request), retries=1).claim(attempt_id, body.host)
+        reporter = DatabaseReporter(app_db(request), retries=1, job_start=body.job_start)
+        claimed = reporter.claim(attempt_id, body.host)
     if claimed is None:
         raise HTTPException(
             status_code=409,
@@ -119,10 +136,14 @@ def claim(attempt_id: AttemptId, body: ClaimRequest, request: Request) -> dict[s
 
 
 @router.post("/{attempt_id}/heartbeat")
-def beat(attempt_id: AttemptId, request: Request) -> dict[str, bool]:
-    """Keep the attempt alive; ``running`` false once it was given up (kill the job)."""
+def beat(
+    attempt_id: AttemptId, request: Request, body: HeartbeatRequest | None = None
+) -> dict[str, bool]:
+    """Keep the attempt alive; ``running`` false once it was given up or taken over by a
+    later start of the batch job (kill the job)."""
+    job_start = body.job_start if body is not None else 0
     with database_reached(), app_db(request).transaction() as tx:
-        return {"running": heartbeat(tx, attempt_id, utcnow())}
+        return {"running": heartbeat(tx, attempt_id, utcnow(), job_start)}
 
 
 @router.post("/{attempt_id}/finish")
@@ -133,6 +154,8 @@ def finish(attempt_id: AttemptId, report: OutcomeReport, request: Request) -> di
     outcome = report.outcome()
     with database_reached():
         claimed, policy = running_job(db, attempt_id)
+        if claimed is not None:  # recorded only if this start of the job still holds it
+            claimed = dataclasses.replace(claimed, job_start=report.job_start)
         try:
             recorded = DatabaseReporter(db, retries=1).record(attempt_id, outcome, policy, claimed)
         except (sa.exc.OperationalError, sa.exc.InterfaceError):

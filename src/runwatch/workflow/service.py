@@ -52,21 +52,32 @@ class RetryPolicy:
 
 
 @lru_cache(maxsize=128)
-def _guarded_update(table: sa.Table, columns: tuple[str, ...]) -> sa.Update:
+def _guarded_update(table: sa.Table, columns: tuple[str, ...], by_start: bool = False) -> sa.Update:
     """``UPDATE table SET columns WHERE id = :row_id AND state = :old_state``, built once
-    for each set of columns."""
-    return (
-        sa.update(table)
-        .where(table.c.id == sa.bindparam("row_id"), table.c.state == sa.bindparam("old_state"))
-        .values({name: sa.bindparam(f"set_{name}", type_=table.c[name].type) for name in columns})
+    for each set of columns; ``by_start``: also ``AND job_start = :old_job_start`` (an
+    attempt, changed by the start of its batch job that holds it)."""
+    statement = sa.update(table).where(
+        table.c.id == sa.bindparam("row_id"), table.c.state == sa.bindparam("old_state")
+    )
+    if by_start:
+        statement = statement.where(table.c.job_start == sa.bindparam("old_job_start"))
+    return statement.values(
+        {name: sa.bindparam(f"set_{name}", type_=table.c[name].type) for name in columns}
     )
 
 
 def _update_if(
-    tx: Transaction, table: sa.Table, row_id: int, old: object, values: Mapping[str, object]
+    tx: Transaction,
+    table: sa.Table,
+    row_id: int,
+    old: object,
+    values: Mapping[str, object],
+    start: int | None = None,
 ) -> bool:
-    statement = _guarded_update(table, tuple(sorted(values)))
+    statement = _guarded_update(table, tuple(sorted(values)), start is not None)
     params = {"row_id": row_id, "old_state": old, **{f"set_{k}": v for k, v in values.items()}}
+    if start is not None:
+        params["old_job_start"] = start
     result = connection_of(tx).execute(statement, params)
     return result.rowcount == 1
 
@@ -83,11 +94,18 @@ def transition(
 
 
 def attempt_transition(
-    tx: Transaction, attempt_id: int, old: AttemptState, new: AttemptState, **values: object
+    tx: Transaction,
+    attempt_id: int,
+    old: AttemptState,
+    new: AttemptState,
+    *,
+    start: int | None = None,
+    **values: object,
 ) -> bool:
-    """Move an attempt from ``old`` to ``new``; False if it was no longer in ``old``."""
+    """Move an attempt from ``old`` to ``new``; False if it was no longer in ``old`` (or,
+    given its job's ``start``, no longer held by that start of the job)."""
     check_attempt_transition(old, new)
-    return _update_if(tx, ATTEMPTS, attempt_id, old, {"state": new, **values})
+    return _update_if(tx, ATTEMPTS, attempt_id, old, {"state": new, **values}, start)
 
 
 def transition_each(
@@ -146,6 +164,9 @@ class Claim:
     spec: dict[str, Any]
     workdir: str | None
     log_path: str | None
+    # Which start of its batch job took the attempt (0: the first, or not a batch job);
+    # only that start may record it (a requeued job starts again with a higher number).
+    job_start: int = 0
 
 
 _CLAIMABLE = (
@@ -163,17 +184,47 @@ _CLAIMABLE = (
 )
 
 
-def claim_attempt(tx: Transaction, attempt_id: int, host: str, now: dt.datetime) -> Claim | None:
-    """The job wrapper takes its attempt: SUBMITTED → RUNNING for attempt and task.
+_CLAIM_STATE = _CLAIMABLE.add_columns(ATTEMPTS.c.state, ATTEMPTS.c.job_start)
 
-    None if the scheduler already gave the attempt up (lost, cancelled): the wrapper must
-    then do nothing, so that a task is never run by two attempts that both count.
+# A requeued batch job starting again takes over the attempt its earlier start held:
+# still RUNNING (the earlier start left it so when it was stopped), and taken by a lower
+# start of the job. The task stays RUNNING.
+_TAKE_OVER = (
+    sa.update(ATTEMPTS)
+    .where(
+        ATTEMPTS.c.id == sa.bindparam("attempt_id"),
+        ATTEMPTS.c.state == AttemptState.RUNNING,
+        ATTEMPTS.c.job_start < sa.bindparam("start"),
+    )
+    .values(
+        job_start=sa.bindparam("start"),
+        host=sa.bindparam("host"),
+        started_at=sa.bindparam("now", type_=ATTEMPTS.c.started_at.type),
+        heartbeat_at=sa.bindparam("now", type_=ATTEMPTS.c.heartbeat_at.type),
+        batch_status=None,
+    )
+)
+
+
+def claim_attempt(
+    tx: Transaction, attempt_id: int, host: str, now: dt.datetime, job_start: int = 0
+) -> Claim | None:
+    """The job wrapper takes its attempt: SUBMITTED → RUNNING for attempt and task; or,
+    started again by its batch system (``job_start`` higher than the start that took it),
+    takes over the RUNNING attempt, whose timeout then counts from this start.
+
+    None if the scheduler already gave the attempt up (lost, cancelled), or another start
+    holds it: the wrapper must then do nothing, so that a task is never run by two
+    attempts that both count.
     """
     tx = connection_of(tx)
-    row = tx.execute(_CLAIMABLE, {"attempt_id": attempt_id}).first()
+    row = tx.execute(_CLAIM_STATE, {"attempt_id": attempt_id}).first()
     if row is None:
         return None
-    claim = Claim(row[0], row[1], row[2], row[3], row[4], row[5], row[6])
+    claim = Claim(row[0], row[1], row[2], row[3], row[4], row[5], row[6], job_start)
+    if row.state == AttemptState.RUNNING:
+        params = {"attempt_id": attempt_id, "start": job_start, "host": host, "now": now}
+        return claim if tx.execute(_TAKE_OVER, params).rowcount == 1 else None
     if not attempt_transition(
         tx,
         attempt_id,
@@ -182,6 +233,7 @@ def claim_attempt(tx: Transaction, attempt_id: int, host: str, now: dt.datetime)
         host=host,
         started_at=now,
         heartbeat_at=now,
+        job_start=job_start,
     ):
         return None
     if not transition(tx, claim.task_id, TaskState.SUBMITTED, TaskState.RUNNING, now=now):
@@ -202,11 +254,17 @@ def _claim_in_one_statement() -> sa.Select[Any]:
     """PostgreSQL: ``claim_attempt`` as one statement (data-modifying CTEs), so that a
     worker takes its attempt in one round trip to the server instead of five. Each UPDATE
     is still guarded by the old state; a row without a task id means the task had moved
-    on (the attempt is then taken but not run, as in ``claim_attempt``)."""
+    on (the attempt is then taken but not run, as in ``claim_attempt``). A SUBMITTED
+    attempt only: a requeued job's takeover is ``claim_attempt``'s."""
     now = sa.bindparam("now", type_=ATTEMPTS.c.started_at.type)
     attempt = (
         _attempt_moved(AttemptState.SUBMITTED, AttemptState.RUNNING)
-        .values(host=sa.bindparam("host"), started_at=now, heartbeat_at=now)
+        .values(
+            host=sa.bindparam("host"),
+            started_at=now,
+            heartbeat_at=now,
+            job_start=sa.bindparam("start"),
+        )
         .returning(
             ATTEMPTS.c.task_id,
             ATTEMPTS.c.number,
@@ -238,30 +296,36 @@ _CLAIM_IN_ONE_STATEMENT = _claim_in_one_statement()
 
 
 def claim_attempt_at_once(
-    connection: sa.Connection, attempt_id: int, host: str, now: dt.datetime
+    connection: sa.Connection, attempt_id: int, host: str, now: dt.datetime, job_start: int = 0
 ) -> Claim | None:
-    """``claim_attempt`` in one statement, atomic without a transaction: PostgreSQL only
-    (``connection.dialect.name == "postgresql"``); elsewhere use ``claim_attempt`` in a
-    transaction."""
+    """``claim_attempt`` of a SUBMITTED attempt in one statement, atomic without a
+    transaction: PostgreSQL only (``connection.dialect.name == "postgresql"``); elsewhere,
+    or to take over a RUNNING attempt, use ``claim_attempt`` in a transaction."""
     check_attempt_transition(AttemptState.SUBMITTED, AttemptState.RUNNING)
     check_transition(TaskState.SUBMITTED, TaskState.RUNNING)
-    params = {"attempt_id": attempt_id, "host": host, "now": now}
+    params = {"attempt_id": attempt_id, "host": host, "now": now, "start": job_start}
     row = connection.execute(_CLAIM_IN_ONE_STATEMENT, params).first()
     if row is None or row[0] is None:
         return None
-    return Claim(row[0], row[1], row[2], row[3], row[4], row[5], row[6])
+    return Claim(row[0], row[1], row[2], row[3], row[4], row[5], row[6], job_start)
 
 
 _HEARTBEAT = (
     sa.update(ATTEMPTS)
-    .where(ATTEMPTS.c.id == sa.bindparam("attempt_id"), ATTEMPTS.c.state == AttemptState.RUNNING)
+    .where(
+        ATTEMPTS.c.id == sa.bindparam("attempt_id"),
+        ATTEMPTS.c.state == AttemptState.RUNNING,
+        ATTEMPTS.c.job_start == sa.bindparam("start"),
+    )
     .values(heartbeat_at=sa.bindparam("now", type_=ATTEMPTS.c.heartbeat_at.type))
 )
 
 
-def heartbeat(tx: Transaction, attempt_id: int, now: dt.datetime) -> bool:
-    """Record that the attempt is alive; False if it no longer runs (given up or cancelled)."""
-    result = connection_of(tx).execute(_HEARTBEAT, {"attempt_id": attempt_id, "now": now})
+def heartbeat(tx: Transaction, attempt_id: int, now: dt.datetime, job_start: int = 0) -> bool:
+    """Record that the attempt is alive; False if it no longer runs (given up or
+    cancelled) or a later start of its batch job took it over."""
+    params = {"attempt_id": attempt_id, "now": now, "start": job_start}
+    result = connection_of(tx).execute(_HEARTBEAT, params)
     return result.rowcount == 1
 
 
@@ -319,7 +383,8 @@ def finish_attempt(
 
     False (and nothing changed) if the attempt was not in ``expect`` any more: somebody
     else already decided its fate. The worker that claimed the attempt passes its
-    ``claim``, which spares reading the task again.
+    ``claim``, which spares reading the task again, and records only while its start of
+    the batch job still holds the attempt (a requeued start may have taken it over).
     """
     tx = connection_of(tx)
     if claim is None:
@@ -340,7 +405,8 @@ def finish_attempt(
     }
     if outcome.command is not None:
         values["command"] = outcome.command
-    if not attempt_transition(tx, attempt_id, expect, outcome.state, **values):
+    start = None if claim is None else claim.job_start
+    if not attempt_transition(tx, attempt_id, expect, outcome.state, start=start, **values):
         return False
     task_state = TaskState(expect.value)  # SUBMITTED or RUNNING: the task mirrors it
     if outcome.state is AttemptState.SUCCEEDED:
@@ -380,6 +446,7 @@ def _success_in_one_statement(n_outputs: int) -> sa.Select[Any]:
     now = sa.bindparam("now", type_=TASKS.c.updated_at.type)
     attempt = (
         _attempt_moved(AttemptState.RUNNING, AttemptState.SUCCEEDED)
+        .where(ATTEMPTS.c.job_start == sa.bindparam("start"))
         .values({c: sa.bindparam(f"a_{c}", type_=ATTEMPTS.c[c].type) for c in _ATTEMPT_END_COLUMNS})
         # No command in the outcome: keep the one rendered at submission.
         .values(command=sa.func.coalesce(sa.bindparam("a_command"), ATTEMPTS.c.command))
@@ -444,15 +511,24 @@ def can_finish_at_once(dialect: str, outcome: AttemptOutcome, claim: Claim | Non
 
 
 def finish_at_once(
-    connection: sa.Connection, attempt_id: int, outcome: AttemptOutcome, now: dt.datetime
+    connection: sa.Connection,
+    attempt_id: int,
+    outcome: AttemptOutcome,
+    now: dt.datetime,
+    job_start: int = 0,
 ) -> bool:
     """``finish_attempt`` in one statement where ``can_finish_at_once``; False if the
-    attempt or its task was no longer RUNNING (nothing is then recorded but the attempt's
-    end)."""
+    attempt or its task was no longer RUNNING, or the attempt no longer held by this
+    ``job_start`` (nothing is then recorded but the attempt's end)."""
     check_attempt_transition(AttemptState.RUNNING, AttemptState.SUCCEEDED)
     check_transition(TaskState.RUNNING, TaskState.DONE)
     check_transition(TaskState.WAITING, TaskState.READY)
-    params: dict[str, Any] = {"attempt_id": attempt_id, "now": now, "a_ended_at": now}
+    params: dict[str, Any] = {
+        "attempt_id": attempt_id,
+        "now": now,
+        "a_ended_at": now,
+        "start": job_start,
+    }
     for column in _ATTEMPT_END_COLUMNS[1:]:
         params[f"a_{column}"] = getattr(outcome, column)
     for i, out in enumerate(outcome.outputs):

@@ -23,6 +23,8 @@ class OpenAttempt:
     started_at: dt.datetime | None
     heartbeat_at: dt.datetime | None
     timeout_s: float
+    job_start: int = 0  # the start of its batch job that holds it
+    batch_status: str | None = None  # as stored: why the batch system keeps the job waiting
 
 
 @dataclass(frozen=True)
@@ -46,10 +48,41 @@ def timeout_grace(timeout_s: float) -> float:
     return max(10.0, 0.1 * timeout_s)
 
 
+BATCH_STATUS_MAX = 255  # attempts.batch_status's width
+
+
+def batch_status(attempt: OpenAttempt, info: JobInfo | None) -> str | None:
+    """What the attempt's batch status should say now: the batch system's reason while
+    the job waits (pending, or requeued), nothing once it runs; as it was when the
+    executor said nothing of the job or it is gone (the attempt is ending)."""
+    if info is None or info.status is JobStatus.GONE:
+        return attempt.batch_status
+    if info.status is JobStatus.QUEUED:
+        return (info.reason or "queued")[:BATCH_STATUS_MAX]
+    return None
+
+
+def requeued(attempt: OpenAttempt, info: JobInfo | None) -> bool:
+    """The batch system runs, or will run, a later start of the job than the one that
+    holds the attempt: it requeued the job (preemption, node failure, ``scontrol
+    requeue``). That start takes the attempt over when it begins."""
+    return (
+        attempt.state is AttemptState.RUNNING
+        and info is not None
+        and info.status is not JobStatus.GONE
+        and info.start is not None
+        and info.start > attempt.job_start
+    )
+
+
 def judge(
     attempt: OpenAttempt, info: JobInfo | None, limits: Limits, now: dt.datetime
 ) -> Verdict | None:
-    """None while the attempt may carry on; else how it ends."""
+    """None while the attempt may carry on; else how it ends.
+
+    A requeued job's attempt is neither timed out nor missed for its heartbeats while
+    the job waits or its next start begins: its time counts again from that start,
+    which takes the attempt over (and sets ``started_at``)."""
     if attempt.external_id is None:
         age = (now - attempt.submitted_at).total_seconds()
         if attempt.state is AttemptState.SUBMITTED and age > limits.submit_grace_s:
@@ -60,6 +93,8 @@ def judge(
         code = "" if info.exit_code is None else f" (exit code {info.exit_code})"
         extra = f": {info.reason}" if info.reason else ""
         return Verdict(AttemptState.LOST, f"job ended without reporting{code}{extra}", False)
+    if requeued(attempt, info):
+        return None
     if attempt.state is AttemptState.RUNNING:
         assert attempt.started_at is not None
         ran = (now - attempt.started_at).total_seconds()
