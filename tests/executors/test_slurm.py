@@ -3,11 +3,15 @@ the real single-node Slurm (``RUNWATCH_TEST_SLURM_PARTITION``)."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from runwatch.config import Settings, SlurmSettings
 from runwatch.db import Database
@@ -156,6 +160,8 @@ def test_slurm_states_map_to_job_statuses_with_a_reason(
         assert info.reason is None
     else:
         assert info.reason is not None and info.reason.startswith(reason)
+    if status is not JobStatus.GONE:  # which start of the job: RestartCnt
+        assert info.start == parsed.restarts == int(line.split("|")[2])
 
 
 def test_without_slurm_jobs_are_unknown_not_gone_and_submitting_fails(
@@ -234,6 +240,12 @@ def test_a_pending_job_shows_its_reason_and_cancel_removes_it(
     ext = submit_attempt(executor, on_slurm, db, attempt_id, submit={"slurm": ["--begin=now+3600"]})
     info = wait_for_status(executor, ext, JobStatus.QUEUED, 30)
     assert info.reason == "BeginTime"
+    scheduler = Scheduler(on_slurm, db, executor)
+    scheduler.supervise()
+    assert attempt_row(db, attempt_id)[0].batch_status == "BeginTime"  # for operators
+    with statements_seen(db) as seen:
+        scheduler.supervise()
+    assert not [s for s in seen if s.startswith("UPDATE")]  # written when it changes only
     executor.cancel(ext)
     info = wait_for_status(executor, ext, JobStatus.GONE, 30)
     assert info.reason is not None and info.reason.startswith("Slurm job CANCELLED")
@@ -242,6 +254,21 @@ def test_a_pending_job_shows_its_reason_and_cancel_removes_it(
     unknown = info_of(executor, "slurm:999999999")
     assert (unknown.status, unknown.reason) == (JobStatus.GONE, "Slurm no longer knows the job")
     assert attempt_row(db, attempt_id)[0].state is AttemptState.SUBMITTED  # never ran
+
+
+@contextlib.contextmanager
+def statements_seen(db: Database) -> Iterator[list[str]]:
+    """The SQL statements ``db`` runs meanwhile."""
+    seen: list[str] = []
+
+    def note(*args: Any) -> None:
+        seen.append(str(args[2]).lstrip().upper())
+
+    sa.event.listen(db.engine, "before_cursor_execute", note)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", note)
 
 
 def test_cancel_kills_a_running_job(

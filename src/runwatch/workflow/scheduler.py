@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from runwatch.config import Settings
 from runwatch.db import Database, utcnow
-from runwatch.executors.base import Executor, JobRequest, JobStatus
+from runwatch.executors.base import Executor, JobInfo, JobRequest, JobStatus
 from runwatch.ingest.models import MESSAGES
 from runwatch.jobs.environment import job_environment, wrapper_command
 from runwatch.workflow import lease, planner
@@ -52,7 +52,7 @@ from runwatch.workflow.service import (
     transition_each,
 )
 from runwatch.workflow.states import ATTEMPT_OPEN, AttemptState, TaskState
-from runwatch.workflow.supervise import Limits, OpenAttempt, judge
+from runwatch.workflow.supervise import Limits, OpenAttempt, batch_status, judge
 from runwatch.workflow.templates import TemplateError
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,11 @@ log = logging.getLogger(__name__)
 CANCEL_SWEEP = dt.timedelta(minutes=10)
 
 _NEW_ATTEMPT = sa.insert(ATTEMPTS)
+_SET_BATCH_STATUS = (
+    sa.update(ATTEMPTS)
+    .where(ATTEMPTS.c.id == sa.bindparam("attempt_id"))
+    .values(batch_status=sa.bindparam("status"))
+)
 _SET_EXTERNAL_ID = (
     sa.update(ATTEMPTS)
     .where(ATTEMPTS.c.id == sa.bindparam("attempt_id"))
@@ -336,6 +341,8 @@ class Scheduler:
                         Attempt.started_at,
                         Attempt.heartbeat_at,
                         Task.timeout_s,
+                        Attempt.job_start,
+                        Attempt.batch_status,
                     )
                     .join(Task, Task.id == Attempt.task_id)
                     .where(Attempt.state.in_(list(ATTEMPT_OPEN)))
@@ -358,6 +365,7 @@ class Scheduler:
             info = infos.get(external_id)
             if info is not None and info.status is not JobStatus.GONE:
                 self.executor.cancel(external_id)
+        self._note_batch_status(open_attempts, infos)
         ended = 0
         now = self.clock()
         for attempt in open_attempts:
@@ -380,6 +388,21 @@ class Scheduler:
             if done and verdict.kill and attempt.external_id:
                 self.executor.cancel(attempt.external_id)
         return ended
+
+    def _note_batch_status(
+        self, open_attempts: Sequence[OpenAttempt], infos: Mapping[str, JobInfo]
+    ) -> None:
+        """Store why the batch system keeps each job waiting, for operators (``runwatch
+        tasks show``, the web): only where it changed, so a quiet tick writes nothing."""
+        changed = []
+        for attempt in open_attempts:
+            info = infos.get(attempt.external_id) if attempt.external_id else None
+            status = batch_status(attempt, info)
+            if status != attempt.batch_status:
+                changed.append({"attempt_id": attempt.id, "status": status})
+        if changed:
+            with self.db.transaction() as tx:
+                tx.execute(_SET_BATCH_STATUS, changed)
 
     # -- the daemon -----------------------------------------------------------------------
 
