@@ -9,6 +9,7 @@ import shutil
 import sys
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,15 @@ from tests.workflow.engine import run_statuses, running_scheduler, write_pipelin
 from tests.workflow.test_live_merge import LIVE_MERGE, RUN, ArrivingRun
 
 
+def registered(db: Database, settings: Settings, revisions: RevisionCache) -> list[int]:
+    with db.session() as session:
+        return register_merges(session, settings, revisions, utcnow())
+
+
+def live_merges_past(run: ArrivingRun, count: int) -> bool:
+    return run.live_merges_done() >= count
+
+
 @pytest.fixture
 def output_root() -> Iterator[str]:
     url = join_url(server_url("xrootd"), f"h1-dqm-{uuid.uuid4().hex[:12]}") + "/"
@@ -45,26 +55,19 @@ def test_merges_on_root_are_registered_and_judged_each_file_once(
     db: Database, settings: Settings, tmp_path: Path, output_root: str
 ) -> None:
     write_pipeline(settings, LIVE_MERGE.replace("PYTHON", sys.executable), "live.yaml")
-    (tmp_path / "checks.yaml").write_text(
-        "histograms:\n  trigger:\n    seen: {kind: entries, bad: {min: 1}}\n"
-    )
-    settings = dqm_settings(settings, checks=str(tmp_path / "checks.yaml"))
+    checks = tmp_path / "checks.yaml"
+    checks.write_text("histograms:\n  trigger:\n    seen: {kind: entries, bad: {min: 1}}\n")
     storage = StorageSettings(output_root=output_root, backoff_seconds=0.05)
-    settings = settings.model_copy(update={"storage": storage})
-    revisions = RevisionCache()
+    settings = dqm_settings(settings, checks=str(checks)).model_copy(update={"storage": storage})
+    register = partial(registered, db, settings, RevisionCache())
     run = ArrivingRun(db, tmp_path / "raw")
-
-    def register() -> list[int]:
-        with db.session() as session:
-            return register_merges(session, settings, revisions, utcnow())
-
     with running_scheduler(settings, db):
-        run.send(2)
-        wait_for(lambda: run.live_merges_done() >= 1, 60, "a first live merge")
-        assert register() != []
-        run.send(2)
-        wait_for(lambda: run.live_merges_done() >= 2, 60, "a second live merge")
-        run.send(2, end_of_run=True)
+        for batch, end_of_run in ((1, False), (2, False), (3, True)):
+            run.send(2, end_of_run=end_of_run)
+            if not end_of_run:
+                wait_for(partial(live_merges_past, run, batch), 60, f"live merge {batch}")
+            if batch == 1:
+                assert register() != [], "the first live merge, read from root://"
         wait_for(lambda: run_statuses(db).get(RUN) is RunStatus.ALL_COMPLETED, 90, "the run")
     assert register() != []
     with db.session() as session:
