@@ -48,6 +48,8 @@ pytestmark = pytest.mark.slow  # jobs in Slurm take seconds to start and end
 
 # The first step sleeps, so that the test can requeue its job or kill its node meanwhile.
 SLEEPY_CALIB = CHAIN.replace('command: "cp', 'command: "sleep 12; cp', 1)
+# ... and allows no retry: a requeue must not use one up.
+NO_RETRY_SLEEPY_CALIB = SLEEPY_CALIB.replace("retries: 2", "retries: 0", 1)
 
 
 def all_completed(db: Database, runs: list[int]) -> bool:
@@ -112,64 +114,79 @@ def requeued(executor: SlurmExecutor, ext: str) -> JobInfo:
     return info
 
 
-def test_a_job_slurm_requeues_still_runs_its_task_exactly_once(
+def test_a_job_slurm_requeues_continues_the_same_attempt(
     db: Database, on_slurm: Settings, executor: SlurmExecutor, tmp_path: Path
 ) -> None:
-    """Slurm requeues a running job (as for preemption): the wrapper is sent SIGTERM and
-    records the attempt as killed; the task's next attempt runs it; the job's second start
-    finds its attempt ended and does nothing."""
-    write_pipeline(on_slurm, SLEEPY_CALIB)
+    """Slurm requeues a running job (as for preemption): the wrapper is sent SIGTERM,
+    kills the step and records nothing; the attempt stays RUNNING, unjudged, while the job
+    waits; the job's second start takes the same attempt over and runs the step to its
+    end. No retry is used up: the step allows none."""
+    write_pipeline(on_slurm, NO_RETRY_SLEEPY_CALIB)
     announce_run(db, tmp_path / "raw", 200, 1)
     with running_scheduler(on_slurm, db, SlurmExecutor(on_slurm)):
         attempt_id, ext = running_calib(db, executor)
         scontrol("requeue", job_id(ext))
         requeued(executor, ext)
+        wait_for(lambda: "requeued 1x" in (one_calib(db).batch_status or ""), 60, "its status")
+        held = one_calib(db)
+        assert (held.state, held.job_start) == (AttemptState.RUNNING, 0)
         start_now(ext)
         wait_for(lambda: all_completed(db, [200]), 180, "the run All Completed")
     check_exactly_once(db, tmp_path, {200: 1})
-    first, second = attempts_of_calib(db)
-    assert (first.id, first.state, first.reason) == (
+    (attempt,) = attempts_of_calib(db)
+    assert (attempt.id, attempt.state, attempt.job_start) == (
         attempt_id,
-        AttemptState.FAILED,
-        "killed (SIGTERM)",
+        AttemptState.SUCCEEDED,
+        1,
     )
-    assert second.state is AttemptState.SUCCEEDED
-    info = wait_for_status(executor, ext, JobStatus.GONE, 120)  # its second start
-    assert info.exit_code == 0
-    assert first.log_path is not None
-    log = Path(first.log_path).read_text()
-    assert "DUE TO JOB REQUEUE" in log and f"attempt {attempt_id} was given up" in log
+    assert attempt.batch_status is None  # cleared once the job ran again
+    assert task_failures(db) == 0
+    assert attempt.log_path is not None
+    log = Path(attempt.log_path).read_text()
+    assert "DUE TO JOB REQUEUE" in log and "stopped by the batch system (SIGTERM)" in log
+    assert f"attempt {attempt_id}: succeeded" in log
 
 
-def test_a_node_that_dies_mid_job_requeues_it_and_the_task_ends_once(
+def test_a_node_that_dies_mid_job_requeues_it_and_the_same_attempt_continues(
     db: Database, on_slurm: Settings, executor: SlurmExecutor, tmp_path: Path
 ) -> None:
     """The job's processes die with their node (kill -9, no word to the database); Slurm
     marks the node DOWN and requeues the job. The attempt stays RUNNING while the job
-    waits (the heartbeat limit is long here): the job's second start finds the attempt
-    taken and ends at once, and the scheduler then declares it lost and retries the task."""
+    waits (the heartbeat limit is long here, as a node's death takes Slurm minutes to
+    notice); once the node is back, the job's second start takes the attempt over."""
     settings = on_slurm.model_copy(
         update={
             "scheduler": on_slurm.scheduler.model_copy(update={"heartbeat_timeout_seconds": 600})
         }
     )
-    write_pipeline(settings, SLEEPY_CALIB)
+    write_pipeline(settings, NO_RETRY_SLEEPY_CALIB)
     announce_run(db, tmp_path / "raw", 201, 1)
     with running_scheduler(settings, db, SlurmExecutor(settings)):
         attempt_id, ext = running_calib(db, executor)
         assert kill_job_processes(ext) >= 3  # slurmstepd, the wrapper, the step
         with node_down("runwatch test: node died"):
             requeued(executor, ext)
-        assert attempts_of_calib(db)[0].state is AttemptState.RUNNING  # not decided yet
+        assert one_calib(db).state is AttemptState.RUNNING  # not decided yet
         start_now(ext)
         wait_for(lambda: all_completed(db, [201]), 180, "the run All Completed")
     check_exactly_once(db, tmp_path, {201: 1})
-    first, second = attempts_of_calib(db)
-    assert (first.id, first.state) == (attempt_id, AttemptState.LOST)
-    # Its second start ended it: at once (COMPLETED) unless it could not even reach the
-    # database (FAILED, NonZeroExitCode); either way not by the step.
-    assert first.reason is not None and "requeued 1x)" in first.reason
-    assert second.state is AttemptState.SUCCEEDED
+    (attempt,) = attempts_of_calib(db)
+    assert (attempt.id, attempt.state, attempt.job_start) == (
+        attempt_id,
+        AttemptState.SUCCEEDED,
+        1,
+    )
+    assert task_failures(db) == 0
+
+
+def one_calib(db: Database) -> Attempt:
+    (attempt,) = attempts_of_calib(db)
+    return attempt
+
+
+def task_failures(db: Database) -> int:
+    with db.session() as s:
+        return s.scalars(sa.select(Task.failures).where(Task.step == "calib")).one()
 
 
 # -- kill -9 of the scheduler -------------------------------------------------------------
