@@ -10,11 +10,20 @@ from pathlib import Path
 
 import htcondor2
 import pytest
+from htcondor2 import classad
 
 from runwatch.config import HTCondorSettings, Settings
 from runwatch.db import Database
 from runwatch.executors.base import JobInfo, JobRequest, JobStatus
-from runwatch.executors.htcondor import HTCondorExecutor, JobId, parse_external_id
+from runwatch.executors.htcondor import (
+    IDLE,
+    RUNNING,
+    SUSPENDED,
+    HTCondorExecutor,
+    JobId,
+    job_info,
+    parse_external_id,
+)
 from runwatch.executors.htcondor_submit import ENV_FILE, POOL_GRACE_S, condor_arguments
 from runwatch.jobs.environment import DATABASE_URL_ENV
 from runwatch.workflow.states import AttemptState
@@ -126,6 +135,19 @@ def _read(path: str | None) -> str:
         return str(exc)
 
 
+@pytest.mark.parametrize(
+    ("status", "starts", "start"),
+    [(IDLE, 0, 0), (RUNNING, 1, 0), (IDLE, 1, 1), (RUNNING, 2, 1), (SUSPENDED, 3, 2)],
+)
+def test_poll_numbers_a_jobs_starts_as_its_wrapper_does(
+    status: int, starts: int, start: int
+) -> None:
+    """NumJobStarts counts the starts so far, the running one included; the wrapper's
+    RUNWATCH_JOB_START counts those before its own (0 the first)."""
+    info = job_info(classad.ClassAd({"JobStatus": status, "NumJobStarts": starts}))
+    assert info.start == start and info.status is not JobStatus.GONE
+
+
 def test_a_batch_is_one_cluster_with_each_jobs_own_requests(
     condor_executor: HTCondorExecutor, pool_root: Path, cleanup: list[str]
 ) -> None:
@@ -166,6 +188,8 @@ def test_a_batch_is_one_cluster_with_each_jobs_own_requests(
     assert first["Iwd"] == jobs[0].workdir and first["Out"] == jobs[0].log_path
     # The password is in no job ad, only in a file that the job's user alone can read.
     assert all("secret" not in str(ad) for ad in ads)
+    # Which start of the job it is, for the wrapper: NumJobStarts when the job is matched.
+    assert "RUNWATCH_JOB_START=$$([NumJobStarts])" in str(first.get("Environment"))
     env_file = Path(jobs[0].workdir) / ENV_FILE
     assert str(env_file) in str(first.get("Args") or first.get("Arguments"))
     assert "secret" in env_file.read_text()

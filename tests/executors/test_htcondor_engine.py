@@ -122,11 +122,17 @@ def test_held_jobs_end_their_attempts_and_leave_the_queue(
     executor = HTCondorExecutor(settings)
     with running_scheduler(settings, condor_db, executor):
         # Held by the pool while it runs (over its time limit): the pool sends SIGTERM
-        # first, so the wrapper records the kill; poll then takes the job out of the queue.
+        # first, and the wrapper records nothing (it cannot tell a hold from an eviction);
+        # poll sees the job held, takes it out of the queue, and the attempt fails with the
+        # hold reason.
         poll_until(lambda: ended("overtime"), 120, "the job over its time to end")
         overtime = attempt_of("overtime")
         assert overtime is not None and overtime.external_id is not None
-        assert overtime.reason == "killed (SIGTERM)", overtime.reason
+        assert overtime.state is AttemptState.FAILED, overtime
+        assert overtime.reason is not None and overtime.reason.startswith("held by HTCondor:")
+        assert "duration" in overtime.reason.lower(), overtime.reason
+        assert overtime.log_path is not None
+        assert "stopped by the batch system (SIGTERM)" in Path(overtime.log_path).read_text()
         over_id = overtime.external_id
         poll_until(lambda: not job_ads([over_id], "JobStatus"), 60, "the held job to leave")
         # Held by an operator before it ran: the scheduler fails the attempt with the reason.
@@ -145,6 +151,51 @@ def test_held_jobs_end_their_attempts_and_leave_the_queue(
     assert task.state is TaskState.FAILED and task.reason == held.reason
     idle_id = waiting.external_id
     poll_until(lambda: not job_ads([idle_id], "JobStatus"), 60, "the held job to leave")
+
+
+SLEEPY = """\
+name: sleepy
+streams: [Physics]
+steps:
+  sleep:
+    command: "sleep 15; echo done > {{ file.stem }}.out"
+    retries: 0
+    outputs: {out: "{{ file.stem }}.out"}
+"""
+
+
+def test_a_job_the_pool_vacates_continues_the_same_attempt(
+    pool_root: Path, condor_db: Database, job_user: str
+) -> None:
+    """Vacated while it runs (as by an eviction): the job goes back to idle and runs
+    again; its second start takes the same attempt over, and the step, which allows no
+    retry, succeeds."""
+    settings = condor_settings(pool_root, condor_db, job_user)
+    write_pipeline(settings, SLEEPY, "sleepy.yaml")
+    announce_run(condor_db, pool_root / "raw", 502, 1)
+
+    def running_step() -> bool:
+        found = attempts(condor_db)
+        return bool(found) and found[0].state is AttemptState.RUNNING and step_started(found[0])
+
+    with running_scheduler(settings, condor_db, HTCondorExecutor(settings)):
+        poll_until(running_step, 120, "the step running in the pool")
+        (attempt,) = attempts(condor_db)
+        assert attempt.external_id is not None and attempt.job_start == 0
+        job = parse_external_id(attempt.external_id)
+        assert job is not None
+        htcondor2.Schedd().act(htcondor2.JobAction.Vacate, [job.job])
+        poll_until(lambda: all_completed(condor_db, 1), 240, "run 502 All Completed")
+    (attempt,) = attempts(condor_db)
+    assert (attempt.state, attempt.job_start) == (AttemptState.SUCCEEDED, 1), attempt
+    with condor_db.session() as s:
+        task = s.scalars(sa.select(Task).where(Task.pipeline == "sleepy")).one()
+    assert (task.state, task.failures) == (TaskState.DONE, 0)
+
+
+def step_started(attempt: Attempt) -> bool:
+    log = Path(attempt.log_path or "/nonexistent")
+    return log.exists() and "running sleep" in log.read_text()
 
 
 # -- kill -9 of the scheduler while jobs run in the pool -----------------------------------

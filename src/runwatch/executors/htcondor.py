@@ -7,10 +7,12 @@ calls, so a scheduler started after a kill -9 polls the jobs of the one before. 
 external id names the schedd and the job: ``htcondor:SCHEDD/CLUSTER.PROC``.
 
 A held job will not run again by itself: ``poll`` removes it and reports it gone with the
-hold reason, which the scheduler records as the attempt's end when the job was held
-before its wrapper ran (by an operator, or because it could not start). A job held while
-it runs (past its time limit, ``allowed_job_duration``, say) first gets SIGTERM from the
-pool, so its wrapper records the kill itself; ``poll`` still takes it out of the queue.
+hold reason, which the scheduler records as the attempt's end. A job held while it runs
+(past its time limit, ``allowed_job_duration``, say) first gets SIGTERM from the pool: its
+wrapper records nothing (it cannot tell a hold from an eviction), and the attempt ends
+with the hold reason too. A job the pool evicts or vacates goes back to idle and runs
+again: ``poll`` reports which start it is on (``NumJobStarts``), and its next start takes
+the same attempt over.
 """
 
 from __future__ import annotations
@@ -36,7 +38,15 @@ from runwatch.executors.htcondor_submit import (
 log = logging.getLogger(__name__)
 
 PREFIX = "htcondor"
-PROJECTION = ["ClusterId", "ProcId", "JobStatus", "HoldReason", "ExitCode", "RemoveReason"]
+PROJECTION = [
+    "ClusterId",
+    "ProcId",
+    "JobStatus",
+    "HoldReason",
+    "ExitCode",
+    "RemoveReason",
+    "NumJobStarts",
+]
 # A schedd or collector that cannot be reached or found.
 CONDOR_ERRORS = (htcondor2.HTCondorException, LookupError)
 # HTCondor's JobStatus codes.
@@ -83,11 +93,18 @@ def jobs_constraint(ids: Iterable[JobId]) -> str:
     return " || ".join(f"(ClusterId == {i.cluster} && ProcId == {i.proc})" for i in sorted(ids))
 
 
+def job_start(status: int, starts: int) -> int:
+    """Which start of the job runs, or comes next while it waits, numbered as the job's
+    RUNWATCH_JOB_START (``htcondor_submit.JOB_START_LINE``): NumJobStarts counts the
+    starts so far, this one included once it runs."""
+    return starts if status == IDLE else max(0, starts - 1)
+
+
 def job_info(ad: Any) -> JobInfo:
     """What a job ad from the queue or the history says of the job."""
     status = int(ad.get("JobStatus", 0))
     if status in ALIVE:
-        return JobInfo(ALIVE[status])
+        return JobInfo(ALIVE[status], start=job_start(status, int(ad.get("NumJobStarts", 0))))
     if status == HELD:
         held = f"{HELD_BY} {ad.get('HoldReason', '')}"
         return JobInfo(JobStatus.GONE, reason=held, failed=True)

@@ -29,6 +29,7 @@ import htcondor2
 
 from runwatch.config import HTCondorSettings
 from runwatch.executors.base import JobRequest
+from runwatch.jobs.environment import JOB_ENV_FILE, JOB_START_ENV
 from runwatch.workflow.supervise import timeout_grace
 
 ATTEMPT_ATTRIBUTE = "RunwatchAttempt"  # in every job ad: which attempt the job runs
@@ -38,8 +39,12 @@ HOME_ATTRIBUTE = "RunwatchHome"  # the deployment's work_root: whose job it is
 # scheduler (and before it the wrapper) should act first, the pool only if they cannot.
 POOL_GRACE_S = 30.0
 SHELL = "/bin/sh"
-ENV_FILE = ".runwatch-env.sh"
+ENV_FILE = JOB_ENV_FILE
 SOURCE_ENV = '. "$0" && exec "$@"'  # $0: the environment file; "$@": the wrapper's argv
+# Which start of the job this is: the job's NumJobStarts when it is matched to a slot
+# counts the starts before this one (0 the first; a vacated or evicted job runs again with
+# 1). Not a secret: set in the job ad. A site's or step's own ``environment`` replaces it.
+JOB_START_LINE = f'"{JOB_START_ENV}=$$([NumJobStarts])"'
 
 # The same for every job of every batch.
 FIXED_LINES = {
@@ -114,8 +119,9 @@ class JobFiles:
 
     def environment(self, env: Mapping[str, str], workdir: Path) -> str:
         """The path of a file in ``workdir`` setting ``env`` for sh, readable by the job
-        user only. It goes with the work folder, which the wrapper empties once it has
-        claimed the attempt: a per-attempt token or a password does not linger."""
+        user only. The wrapper keeps it while the job may start again (a restart sources
+        it anew) and removes it once the attempt ended: a per-attempt token or a password
+        does not linger."""
         path = workdir / ENV_FILE
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         try:
@@ -152,6 +158,7 @@ def job_lines(
             f"+{ATTEMPT_ATTRIBUTE}": str(job.attempt_id),
             f"+{TASK_ATTRIBUTE}": classad_string(job.task_key),
             f"+{HOME_ATTRIBUTE}": classad_string(str(files.home)),
+            "environment": JOB_START_LINE,
         },
     )
     # MiB and KiB; 0 asks for the pool's default, which condor_submit would fill in.

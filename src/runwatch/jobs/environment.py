@@ -24,6 +24,10 @@ REPORT_RETRY_ENV = "RUNWATCH_REPORT_RETRY_SECONDS"
 # SLURM_RESTART_COUNT, HTCondor's NumJobStarts). Unset for the local executor, whose jobs
 # are never started again.
 JOB_START_ENV = "RUNWATCH_JOB_START"
+# A batch executor's file in the attempt's work folder that sets the job's environment
+# (HTCondor's: the job ad would show it to anyone). The wrapper keeps it while the attempt
+# may yet be run again by a restart of its job, and removes it once the attempt ended.
+JOB_ENV_FILE = ".runwatch-env.sh"
 
 
 def wrapper_command(settings: Settings) -> tuple[str, ...]:

@@ -46,7 +46,7 @@ from types import FrameType
 import sqlalchemy as sa
 
 from runwatch.db import Database
-from runwatch.jobs.environment import DATABASE_URL_ENV
+from runwatch.jobs.environment import DATABASE_URL_ENV, JOB_ENV_FILE
 from runwatch.jobs.report import (
     DatabaseReporter,
     HttpReporter,
@@ -226,6 +226,8 @@ def run_claimed(
                 attempt_id,
             )
             return EXIT_STOPPED
+        if job.batch_job:  # the attempt is over: its job will not start it again
+            (attempt_workdir(attempt_id, claimed.workdir) / JOB_ENV_FILE).unlink(missing_ok=True)
         if outcome is None:
             log.warning("attempt %d was given up while running; nothing recorded", attempt_id)
             return EXIT_OK
@@ -554,10 +556,23 @@ WATCHER = Watcher()
 
 
 def fresh_workdir(path: Path) -> None:
-    """An empty work directory: nothing left from an earlier try can pass for an output."""
+    """An empty work directory: nothing left from an earlier try can pass for an output.
+    Only the batch job's environment file stays (``JOB_ENV_FILE``): a restart of the job
+    needs it."""
     if len(path.resolve().parts) < 3:  # a misconfigured work root must not cost a disk
         raise ValueError(f"refusing to use {path} as a work directory")
-    shutil.rmtree(path, ignore_errors=True)
+    try:
+        entries = list(os.scandir(path))
+    except FileNotFoundError:
+        entries = []
+    for entry in entries:
+        if entry.name == JOB_ENV_FILE and entry.is_file(follow_symlinks=False):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
     path.mkdir(parents=True, exist_ok=True)
 
 
