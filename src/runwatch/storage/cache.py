@@ -62,10 +62,10 @@ class OutputCache:
         checksum = recorded or current
         path = self.folder / copy_name(url, checksum)
         if checksum is not None and path.is_file():
-            with contextlib.suppress(OSError):
-                os.utime(path)  # used now: the last to be evicted
+            _mark_used(path)
             return path
         stage_in(url, path, checksum, self.policy)
+        _mark_used(path)
         self.evict(keep=path)
         return path
 
@@ -82,7 +82,7 @@ class OutputCache:
                     if now - stat.st_mtime > STALE_PART_S:
                         path.unlink()
                     continue
-                entries.append((stat.st_mtime, stat.st_size, path))
+                entries.append((stat.st_mtime_ns, stat.st_size, path))
         total = sum(size for _, size, _ in entries)
         for _, size, path in sorted(entries):
             if total <= self.max_bytes:
@@ -91,6 +91,19 @@ class OutputCache:
                 with contextlib.suppress(OSError):
                     path.unlink()
                     total -= size
+
+
+_last_use_ns = 0
+
+
+def _mark_used(path: Path) -> None:
+    """Set the copy's time to now, later than any copy this process used before (file
+    times are only as fine as the kernel's clock tick: two copies fetched within one would
+    tie, and eviction would not know which came first)."""
+    global _last_use_ns
+    _last_use_ns = max(time.time_ns(), _last_use_ns + 1)
+    with contextlib.suppress(OSError):
+        os.utime(path, ns=(_last_use_ns, _last_use_ns))
 
 
 def copy_name(url: str, adler32: str | None) -> str:
