@@ -568,6 +568,7 @@ class AttemptView(BaseModel):
     wall_s: float | None
     reason: str | None
     log: str | None
+    batch_status: str | None = None  # why the batch system keeps the job waiting
 
 
 class OutputView(BaseModel):
@@ -625,6 +626,7 @@ def attempt_view(attempt: Attempt, link: Linker = _no_link) -> AttemptView:
         exit_code=attempt.exit_code,
         wall_s=attempt.wall_s,
         reason=attempt.reason,
+        batch_status=attempt.batch_status,
         log=f"/tasks/{attempt.task_id}/log?attempt={attempt.number}" if attempt.log_path else None,
     )
 

@@ -188,6 +188,7 @@ def tasks_show(task_id: int = typer.Argument(..., help="Task id.")) -> None:
             "rss MB",
             "exit",
             "reason",
+            "batch",
             title="attempts",
         )
         rows = session.scalars(
@@ -204,6 +205,7 @@ def tasks_show(task_id: int = typer.Argument(..., help="Task id.")) -> None:
                 _num(a.peak_rss_mb),
                 "" if a.exit_code is None else str(a.exit_code),
                 a.reason or "",
+                a.batch_status or "",  # why the batch system keeps the job waiting
             )
         console.print(attempts)
         outputs = Table("name", "url", "size", "adler32", title="outputs")
