@@ -1,13 +1,16 @@
-"""End to end with ``[storage] output_root`` on a real XRootD server: every step's outputs
-go to root://, the runs complete, the server has each output with its recorded adler32,
-and the web server's file view serves them (and nothing it does not know)."""
+"""End to end with ``[storage] output_root`` on a real XRootD server, over root:// and over
+HTTPS (its WebDAV interface): every step's outputs go there, the runs complete, the
+server has each output with its recorded adler32, and the web server's file view serves
+them (and nothing it does not know)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 import sqlalchemy as sa
@@ -16,7 +19,7 @@ from runwatch.config import Settings, StorageSettings
 from runwatch.db import Database
 from runwatch.storage.checksum import adler32_file
 from runwatch.storage.stage import stage_out
-from runwatch.storage.urls import join_url, split_root_url
+from runwatch.storage.urls import is_root_url, split_root_url
 from runwatch.web.app import create_app
 from runwatch.web.files import file_link
 from runwatch.workflow.models import TaskOutput
@@ -27,23 +30,31 @@ from tests.workflow.engine import announce_run, running_scheduler, write_pipelin
 from tests.workflow.test_engine import all_completed
 
 
-@pytest.fixture
-def output_root() -> Iterator[str]:
-    """A fresh folder on the test XRootD server, removed afterwards (it exports a local
+@pytest.fixture(params=["xrootd", "xrootd_http"])
+def storage(request: pytest.FixtureRequest) -> Iterator[StorageSettings]:
+    """``[storage]`` with ``output_root`` a fresh folder on the test XRootD server, over
+    root:// and over HTTPS (WebDAV); removed afterwards (the server exports a local
     folder)."""
-    url = join_url(server_url("xrootd"), f"h1-engine-{uuid.uuid4().hex[:12]}") + "/"
-    yield url
-    shutil.rmtree(split_root_url(url)[1], ignore_errors=True)
+    base = server_url(request.param)
+    url = f"{base.rstrip('/')}/h1-engine-{uuid.uuid4().hex[:12]}/"
+    ca_file = os.environ.get("RUNWATCH_TEST_XROOTD_CA_FILE", "")
+    if request.param == "xrootd_http" and not ca_file:
+        pytest.fail("RUNWATCH_TEST_XROOTD_CA_FILE is not set (services-up.sh --print-env)")
+    yield StorageSettings(output_root=url, ca_file=ca_file, backoff_seconds=0.05)
+    shutil.rmtree(on_server(url), ignore_errors=True)
 
 
 def on_server(url: str) -> Path:
-    return Path(split_root_url(url)[1])
+    """Where the test server keeps the file at ``url``."""
+    if is_root_url(url):
+        return Path(split_root_url(url)[1])
+    return Path(unquote(urlsplit(url).path))
 
 
-def test_outputs_go_to_root_by_configuration(
-    db: Database, settings: Settings, tmp_path: Path, output_root: str
+def test_outputs_go_to_the_output_root_by_configuration(
+    db: Database, settings: Settings, tmp_path: Path, storage: StorageSettings
 ) -> None:
-    storage = StorageSettings(output_root=output_root, backoff_seconds=0.05)
+    output_root = storage.output_root
     settings = settings.model_copy(update={"storage": storage})
     write_pipeline(settings)
     announce_run(db, tmp_path / "raw", 100, 3)
