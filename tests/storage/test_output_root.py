@@ -11,6 +11,13 @@ from runwatch.config import CONFIG_ENV, load_settings
 from runwatch.storage.urls import folder_url, staged_path, staged_url
 
 
+def use_output_root(value: str, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make a configuration file with ``[storage] output_root = value`` the one in force."""
+    config = folder / "runwatch.toml"
+    config.write_text(f'[storage]\noutput_root = "{value}"\n')
+    monkeypatch.setenv(CONFIG_ENV, str(config))
+
+
 @pytest.mark.parametrize(
     "value",
     [
@@ -26,9 +33,7 @@ from runwatch.storage.urls import folder_url, staged_path, staged_url
 def test_output_root_accepts_the_schemes_outputs_can_go_to(
     value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = tmp_path / "runwatch.toml"
-    config.write_text(f'[storage]\noutput_root = "{value}"\n')
-    monkeypatch.setenv(CONFIG_ENV, str(config))
+    use_output_root(value, tmp_path, monkeypatch)
     assert load_settings().storage.output_root == value
 
 
@@ -38,9 +43,7 @@ def test_output_root_accepts_the_schemes_outputs_can_go_to(
 def test_another_output_root_is_refused_naming_the_setting(
     value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = tmp_path / "runwatch.toml"
-    config.write_text(f'[storage]\noutput_root = "{value}"\n')
-    monkeypatch.setenv(CONFIG_ENV, str(config))
+    use_output_root(value, tmp_path, monkeypatch)
     with pytest.raises(ValueError, match=r"\[storage\] output_root = .* is not an absolute path"):
         load_settings()
 
