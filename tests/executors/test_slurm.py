@@ -365,7 +365,13 @@ def test_a_job_over_its_slurm_time_limit_fails_with_slurms_message(
     # Slurm checks time limits every 30 s or so: the job ends 60-100 s after its start.
     info = wait_for_status(executor, ext, JobStatus.GONE, 180)
     assert info.reason is not None and info.reason.startswith("Slurm job TIMEOUT")
+    # The wrapper, sent SIGTERM, records nothing (as for a requeue); the scheduler fails
+    # the attempt with Slurm's reason.
+    assert attempt_row(db, attempt_id)[0].state is AttemptState.RUNNING
+    Scheduler(on_slurm, db, executor).supervise()
     attempt = attempt_row(db, attempt_id)[0]
     assert attempt.state is AttemptState.FAILED
-    assert attempt.reason == "killed (SIGTERM)"
-    assert attempt.log_tail is not None and "DUE TO TIME LIMIT" in attempt.log_tail
+    assert attempt.reason is not None and attempt.reason.startswith("Slurm job TIMEOUT")
+    assert attempt.log_path is not None
+    log = Path(attempt.log_path).read_text()
+    assert "DUE TO TIME LIMIT" in log and "stopped by the batch system (SIGTERM)" in log
