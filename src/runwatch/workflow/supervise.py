@@ -53,12 +53,13 @@ BATCH_STATUS_MAX = 255  # attempts.batch_status's width
 
 def batch_status(attempt: OpenAttempt, info: JobInfo | None) -> str | None:
     """What the attempt's batch status should say now: the batch system's reason while
-    the job waits (pending, or requeued), nothing once it runs; as it was when the
-    executor said nothing of the job or it is gone (the attempt is ending)."""
+    the job waits (pending, or requeued), nothing once it runs or when the executor gives
+    no reason (the local one: no write for its jobs); as it was when the executor said
+    nothing of the job or it is gone (the attempt is ending)."""
     if info is None or info.status is JobStatus.GONE:
         return attempt.batch_status
-    if info.status is JobStatus.QUEUED:
-        return (info.reason or "queued")[:BATCH_STATUS_MAX]
+    if info.status is JobStatus.QUEUED and info.reason:
+        return info.reason[:BATCH_STATUS_MAX]
     return None
 
 
