@@ -146,6 +146,8 @@ def test_poll_numbers_a_jobs_starts_as_its_wrapper_does(
     RUNWATCH_JOB_START counts those before its own (0 the first)."""
     info = job_info(classad.ClassAd({"JobStatus": status, "NumJobStarts": starts}))
     assert info.start == start and info.status is not JobStatus.GONE
+    waits_again = status == IDLE and starts > 0
+    assert info.reason == (f"idle, requeued {starts}x" if waits_again else None)
 
 
 def test_a_batch_is_one_cluster_with_each_jobs_own_requests(

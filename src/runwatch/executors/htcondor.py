@@ -104,7 +104,10 @@ def job_info(ad: Any) -> JobInfo:
     """What a job ad from the queue or the history says of the job."""
     status = int(ad.get("JobStatus", 0))
     if status in ALIVE:
-        return JobInfo(ALIVE[status], start=job_start(status, int(ad.get("NumJobStarts", 0))))
+        starts = int(ad.get("NumJobStarts", 0))
+        # Idle after it ran (evicted, vacated): say so, as Slurm's "requeued 1x" does.
+        again = f"idle, requeued {starts}x" if status == IDLE and starts else None
+        return JobInfo(ALIVE[status], reason=again, start=job_start(status, starts))
     if status == HELD:
         held = f"{HELD_BY} {ad.get('HoldReason', '')}"
         return JobInfo(JobStatus.GONE, reason=held, failed=True)
