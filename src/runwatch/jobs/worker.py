@@ -99,11 +99,15 @@ def try_lock(path: Path) -> int | None:
 
 
 @contextlib.contextmanager
-def attempt_lock(home: Path, attempt_id: int) -> Iterator[int | None]:
+def attempt_lock(
+    home: Path, attempt_id: int, taken_since: float | None = None
+) -> Iterator[int | None]:
     """Hold ``attempt-ID.lock`` and yield its descriptor, or yield None if another worker
     holds it. It is locked under a temporary name and linked
     into place (which fails if it exists), so it is never seen unlocked while its worker
-    lives; a file left by a dead worker is taken over."""
+    lives; a file left by a dead worker is taken over. With ``taken_since`` (a
+    ``time.time()``), a file made or written since then also yields None: another worker
+    took the attempt after this one read the queue, so a claim would only be refused."""
     path = attempt_lock_path(home, attempt_id)
     temporary = home / f".attempt-{attempt_id}.{os.getpid()}"
     fd: int | None = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
@@ -114,6 +118,9 @@ def attempt_lock(home: Path, attempt_id: int) -> Iterator[int | None]:
     except FileExistsError:
         os.close(fd)
         fd = try_lock(path)
+        if fd is not None and taken_since is not None and os.fstat(fd).st_mtime >= taken_since:
+            os.close(fd)
+            fd = None
     finally:
         os.unlink(temporary)
     if fd is None:
@@ -169,6 +176,7 @@ class Worker:
         self.wake = threading.Event()
         self.trash = Trash(home / f"trash-{index}")
         self.pending: list[tuple[int, int]] = []  # (attempt id, threads) read, not tried
+        self.read_at = 0.0  # time.time() of the last read of the queue
 
     def serve(self) -> int:
         """Run attempts until drained or idle too long; 0, or 1 if worker N already runs."""
@@ -214,6 +222,7 @@ class Worker:
             return True
         try:
             with self.db.read_connection() as connection:
+                self.read_at = time.time()
                 self.pending = list(connection.execute(_NEXT, {"limit": 2 * self.slots}).all())
         except sa.exc.SQLAlchemyError as exc:
             log.warning("worker %d: cannot read the queue (%s)", self.index, exc)
@@ -234,10 +243,10 @@ class Worker:
         """Take the slots, lock and claim the attempt, run it; False if it was not ours."""
         with (
             slots_held(self.slots, self.home, threads),
-            attempt_lock(self.home, attempt_id) as fd,
+            attempt_lock(self.home, attempt_id, self.read_at) as fd,
         ):
             if fd is None:
-                return False  # another worker is at it
+                return False  # another worker is at it, or was since the queue was read
             try:
                 claimed = claim(self.db, attempt_id, self.host)
             except sa.exc.SQLAlchemyError as exc:
