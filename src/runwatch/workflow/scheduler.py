@@ -124,6 +124,7 @@ class Scheduler:
         self._planned_up_to: int | None = None  # the newest message at that moment
         self._room = 0  # threads' worth of jobs the last submission could still have added
         self._in_flight: tuple[int, int] | None = None  # threads queued, running; see _signal
+        self._seen_change: Signal | None = None  # the read that ended the last wait
         self.folder = PipelineFolder(settings.pipelines)
         self.book = PipelineBook()
         self.revisions = RevisionCache()
@@ -451,7 +452,9 @@ class Scheduler:
 
     def _turn(self, stop: threading.Event, wake: threading.Event) -> None:
         """One turn of ``serve`` as the active scheduler: tick, then wait for a change."""
-        signal = self._signal()  # once per turn: it is one query
+        # Once per turn: it is one query, and a wait that ended on a change has just
+        # made it.
+        signal, self._seen_change = self._seen_change or self._signal(), None
         full = self.full_tick_due(signal)
         report = self.run_once(signal) if full else self.run_quick()
         if not full and not report.submitted and self._room > 0:
@@ -485,7 +488,9 @@ class Scheduler:
             if wake.wait(settings.poll_seconds):
                 wake.clear()
                 return
-            if self._signal() != before:
+            signal = self._signal()
+            if signal != before:
+                self._seen_change = signal  # the next turn starts from this read
                 return
 
     def _signal(self) -> Signal:
