@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from runwatch.catalogue.models import RunStatus
 from runwatch.config import Settings, StorageSettings
 from runwatch.db import Database, utcnow
+from runwatch.dqm.merge import META_FORMAT
 from runwatch.dqm.models import DqmHistogram, DqmMerge, DqmRunQuality
 from runwatch.dqm.service import register_merges
 from runwatch.dqm.store import read_merged_file
@@ -26,6 +27,7 @@ from runwatch.storage.cache import output_cache
 from runwatch.storage.checksum import adler32_file
 from runwatch.storage.stage import stage_out
 from runwatch.storage.urls import join_url, split_root_url
+from runwatch.web.pages import merged_meta
 from runwatch.workflow.models import Task, TaskOutput
 from runwatch.workflow.revisions import RevisionCache
 from tests.conftest import server_url
@@ -104,6 +106,9 @@ def test_merges_on_root_are_registered_and_judged_each_file_once(
     # (the first live merge, registered while the run went on, has its copy too)
     copies = [p for p in cache.folder.iterdir() if p.name.startswith(merged_output.adler32)]
     assert len(copies) == 1 and adler32_file(copies[0]) == merged_output.adler32
+    # The run page places histograms by the merged file's own metadata, read the same way.
+    meta = merged_meta(merged_output.url, cache)
+    assert meta is not None and meta["format"] == META_FORMAT
 
     # Replaced on the server (the next merge of a pipeline keeping one file per run):
     # the recorded merge is no longer there.

@@ -27,14 +27,16 @@ from sqlalchemy.orm import Session
 from runwatch.catalogue.models import RunStatus
 from runwatch.dqm.histogram import HistogramFileError, read_file
 from runwatch.dqm.trends import quantities
-from runwatch.storage.urls import URLError, url_to_path
+from runwatch.storage.cache import OutputCache, output_cache
+from runwatch.storage.transfer import StageError
+from runwatch.storage.urls import URLError
 from runwatch.web import queries
 from runwatch.web.api_v1 import RunFilters, alarm_states, linker, recent_runs
 from runwatch.web.auth import Principal, csrf_token, current_principal, require_read
 from runwatch.web.cache import ShortCache
 from runwatch.web.files import attempt_log
 from runwatch.web.models import Role
-from runwatch.web.state import app_db
+from runwatch.web.state import app_db, app_settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -215,11 +217,12 @@ def tab_rule(meta: Mapping[str, Any] | None) -> dict[str, str]:
     return plugin_tabs() | histogram_tabs((meta or {}).get(TABS_META_KEY))
 
 
-def merged_meta(url: str) -> dict[str, Any] | None:
-    """The metadata of a merged file (no histograms read); None when unreadable."""
+def merged_meta(url: str, cache: OutputCache) -> dict[str, Any] | None:
+    """The metadata of a merged file (no histograms read); None when unreadable. A file on
+    a remote ``[storage] output_root`` is read from the output cache."""
     try:
-        return read_file(url_to_path(url), names=()).meta
-    except (HistogramFileError, URLError, OSError):
+        return read_file(cache.local_path(url), names=()).meta
+    except (HistogramFileError, URLError, StageError, OSError):
         return None
 
 
@@ -245,7 +248,8 @@ def run_page(request: Request, number: int, tab: str = "base") -> HTMLResponse:
             return not_found(request, f"run {number}")
         if tab in ("calib", "rec"):
             found = queries.run_histograms(session, run, link)
-            meta = merged_meta(found.merge.url) if found.merge else None
+            cache = output_cache(app_settings(request))
+            meta = merged_meta(found.merge.url, cache) if found.merge else None
             context["histograms"] = split_histograms(found, meta)[tab]
             context["merge"] = found.merge
         elif tab == "pmt":
