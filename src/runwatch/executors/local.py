@@ -179,16 +179,20 @@ class LocalExecutor:
         """Drain the workers: each finishes the attempt it runs, then exits (one still
         loading, which has no attempt yet, just exits)."""
         for index in range(self.slots):
-            if self._loading(index):
-                self.started[index].terminate()
-                continue
+            loading = self.started[index] if self._loading(index) else None
+            if loading is not None:
+                loading.terminate()
+            # Worker N may be another's (ours, still loading, would find it and exit): it
+            # is the one holding the lock.
             with contextlib.suppress(OSError, ValueError):
                 path = worker_lock_path(self.home, index)
                 fd = try_lock(path)
                 if fd is not None:
                     os.close(fd)  # not running
                     continue
-                os.kill(int(path.read_text()), signal.SIGTERM)
+                pid = int(path.read_text())
+                if loading is None or pid != loading.pid:
+                    os.kill(pid, signal.SIGTERM)
 
 
 @dataclass(frozen=True)
