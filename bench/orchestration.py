@@ -178,6 +178,20 @@ def _done_task(
     }
 
 
+def analyse(db: Database) -> None:
+    """Table statistics for the history just loaded, as a server's own daemon has long
+    made them on a database a year old (PostgreSQL's autovacuum, InnoDB's automatic
+    statistics): without them the planner sees empty tables for the first minutes."""
+    dialect = db.engine.dialect.name
+    if dialect not in ("postgresql", "mysql", "mariadb"):
+        return  # SQLite: runwatch runs no ANALYZE there, and nothing else does
+    with db.autocommit_engine.connect() as connection:
+        if dialect == "postgresql":
+            connection.execute(sa.text("ANALYZE"))
+        else:
+            connection.execute(sa.text("ANALYZE TABLE runs, files, tasks, attempts")).all()
+
+
 RAW = Path(tempfile.gettempdir()) / "rw-bench-raw"
 
 
@@ -331,6 +345,7 @@ def measure(
     db = reset(url)
     if preload_tasks:
         preload(db, preload_tasks)
+        analyse(db)
     (root / "pipelines").mkdir(parents=True, exist_ok=True)
     (root / "pipelines" / "noop.yaml").write_text(PIPELINE)
     (root / "runwatch.toml").write_text(CONFIG.format(url=url, root=root))
