@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from runwatch.executors.base import JobInfo, JobRequest, JobStatus
 from runwatch.jobs.environment import DATABASE_URL_ENV
 from runwatch.jobs.worker import (
     attempt_lock_path,
+    submitted_news,
     try_lock,
     worker_lock_path,
     worker_socket_path,
@@ -81,8 +83,10 @@ class LocalExecutor:
     def submit(self, jobs: Sequence[JobRequest]) -> list[str]:
         if jobs:
             self.ensure_workers()
+            # The workers learn the attempts from the nudge itself: no read of the queue.
+            news = submitted_news([(job.attempt_id, job.threads) for job in jobs], time.time())
             for index in range(self.slots):
-                nudge(str(worker_socket_path(self.home, index)))
+                nudge(str(worker_socket_path(self.home, index)), news)
         return [external_id(job.attempt_id) for job in jobs]
 
     def ensure_workers(self) -> None:

@@ -8,7 +8,10 @@ between ~25 ms and a few ms per no-op task.
 
 Work is pulled from the database: the oldest SUBMITTED attempt of the local executor. A
 worker wakes when the scheduler submits (a datagram on its socket, see
-``runwatch.workflow.nudge``), and polls every ``POLL_S`` in case a nudge was lost.
+``runwatch.workflow.nudge``), which names the attempts just submitted: the worker then
+takes them without reading the queue (a statement per task saved). It reads the queue
+when it starts, when a nudge names nothing, when a read filled its limit (there may be
+more), and after ``POLL_S`` without a nudge, in case one was lost.
 
 What the executor can tell from files alone, whatever process asks (a new scheduler after
 a kill -9 included), all in ``<work_root>/local/``:
@@ -33,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import itertools
 import logging
 import os
 import signal
@@ -74,6 +78,33 @@ _NEXT = (
 
 
 # -- the files the executor reads ---------------------------------------------------------
+
+
+# -- what the executor's nudge says ----------------------------------------------------
+
+SUBMITTED = b"submitted"
+
+Queued = tuple[int, int, float]  # attempt id, threads, time.time() it was known submitted
+
+
+def submitted_news(attempts: Sequence[tuple[int, int]], at: float) -> bytes:
+    """The payload of the executor's nudge after a submission at ``at`` (``time.time()``):
+    each attempt's id and threads."""
+    words = [f"{at:.6f}", *(f"{attempt_id}:{threads}" for attempt_id, threads in attempts)]
+    return SUBMITTED + b" " + " ".join(words).encode()
+
+
+def read_news(payload: bytes) -> list[Queued] | None:
+    """The attempts a nudge's payload names; None if it names none (a plain nudge, or
+    one this worker cannot read: it then reads the queue itself)."""
+    words = payload.split()
+    if len(words) < 3 or words[0] != SUBMITTED:
+        return None
+    try:
+        at = float(words[1])
+        return [(int(a), int(t), at) for a, _, t in (w.partition(b":") for w in words[2:])]
+    except ValueError:
+        return None
 
 
 def worker_lock_path(home: Path, index: int) -> Path:
@@ -175,8 +206,10 @@ class Worker:
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.trash = Trash(home / f"trash-{index}")
-        self.pending: list[tuple[int, int]] = []  # (attempt id, threads) read, not tried
-        self.read_at = 0.0  # time.time() of the last read of the queue
+        self.pending: list[Queued] = []  # known submitted, not tried yet; oldest first
+        self.news: list[Queued] = []  # named by nudges, not yet in ``pending``
+        self.news_lock = threading.Lock()  # the nudge listener's thread adds to ``news``
+        self.read_due = True  # read the queue at the next chance (see the module's doc)
 
     def serve(self) -> int:
         """Run attempts until drained or idle too long; 0, or 1 if worker N already runs."""
@@ -187,7 +220,9 @@ class Worker:
             return 1
         os.ftruncate(identity, 0)
         os.pwrite(identity, str(os.getpid()).encode(), 0)
-        nudges = NudgeListener(str(worker_socket_path(self.home, self.index)), self.wake.set)
+        nudges = NudgeListener(
+            str(worker_socket_path(self.home, self.index)), self.wake.set, self.hear
+        )
         nudges.start()
         self.trash.start()
         log.info("worker %d (pid %d) is ready", self.index, os.getpid())
@@ -203,7 +238,8 @@ class Worker:
                 if time.monotonic() - idle_since > self.idle_exit_s:
                     log.info("worker %d: idle for %.0f s; exiting", self.index, self.idle_exit_s)
                     break
-                self.wake.wait(POLL_S)
+                if not self.wake.wait(POLL_S):
+                    self.read_due = True  # heard nothing for a while: a nudge may be lost
                 self.wake.clear()
         finally:
             nudges.stop()
@@ -211,42 +247,70 @@ class Worker:
             os.close(identity)
         return 0
 
+    def hear(self, payload: bytes) -> None:
+        """A nudge's payload (the listener's thread): the attempts it names join the queue
+        this worker knows; one naming none makes it read the queue."""
+        news = read_news(payload)
+        if news is None:
+            self.read_due = True
+            return
+        with self.news_lock:
+            self.news.extend(news)
+
+    def _take_news(self) -> None:
+        with self.news_lock:
+            news, self.news = self.news, []
+        if news:
+            known = {queued[0] for queued in self.pending}
+            self.pending.extend(q for q in news if q[0] not in known)
+            self.pending.sort()
+
     def run_next(self) -> bool:
         """Run the oldest submitted attempt this worker can claim; False if there is none.
 
-        The queue is read for several attempts at once and the rest kept for the next
-        call: a worker tries those first and reads again only when none of them was its
-        to run (one statement less per task; one taken meanwhile by the other worker
-        costs no more than the read it saved: a lock it cannot take, or a claim refused)."""
+        The attempts it knows of (named by nudges, or read from the queue several at a
+        time) are tried first; the queue is read only when that is due (see the module's
+        doc). One taken meanwhile by the other worker costs no statement: its lock file
+        tells (``attempt_lock``)."""
+        self._take_news()
         if self.pending and self._run_one_of_pending():
             return True
+        if not self.read_due:
+            return False
+        self.read_due = False
+        limit = 2 * self.slots
         try:
             with self.db.read_connection() as connection:
-                self.read_at = time.time()
-                self.pending = list(connection.execute(_NEXT, {"limit": 2 * self.slots}).all())
+                read_at = time.time()
+                rows = connection.execute(_NEXT, {"limit": limit}).all()
         except sa.exc.SQLAlchemyError as exc:
             log.warning("worker %d: cannot read the queue (%s)", self.index, exc)
+            self.read_due = True
             self.stop.wait(DB_RETRY_S)
             return False
+        self.read_due = len(rows) == limit  # a full read: there may be more
+        self.pending = [(attempt_id, threads, read_at) for attempt_id, threads in rows]
         return self._run_one_of_pending()
 
     def _run_one_of_pending(self) -> bool:
         while self.pending:
             if self.stop.is_set():
                 return False
-            attempt_id, threads = self.pending.pop(0)
-            if self.try_attempt(attempt_id, threads):
+            attempt_id, threads, since = self.pending.pop(0)
+            if self.try_attempt(attempt_id, threads, since):
                 return True
         return False
 
-    def try_attempt(self, attempt_id: int, threads: int) -> bool:
-        """Take the slots, lock and claim the attempt, run it; False if it was not ours."""
+    def try_attempt(self, attempt_id: int, threads: int, since: float | None = None) -> bool:
+        """Take the slots, lock and claim the attempt, run it; False if it was not ours.
+        ``since``: when it was known submitted (a lock file written later is another
+        worker's)."""
         with (
             slots_held(self.slots, self.home, threads),
-            attempt_lock(self.home, attempt_id, self.read_at) as fd,
+            attempt_lock(self.home, attempt_id, since) as fd,
         ):
             if fd is None:
-                return False  # another worker is at it, or was since the queue was read
+                return False  # another worker is at it, or was since it was submitted
             try:
                 claimed = claim(self.db, attempt_id, self.host)
             except sa.exc.SQLAlchemyError as exc:
@@ -269,11 +333,13 @@ class Worker:
 
     def queue_runs_low(self) -> bool:
         """Whether to wake the scheduler after a success: only when fewer attempts than
-        slots are left of this worker's last read of the queue. While the queue is deep
-        the scheduler has nothing to add (it refills in batches), and its own polling
-        (``[scheduler] poll_seconds``) sees the runs' progress; a wake per finished job
-        made it read the database once per task for nothing."""
-        return len(self.pending) < self.slots
+        slots are left that this worker knows of and no worker has taken. While the queue
+        is deep the scheduler has nothing to add (it refills in batches), and its own
+        polling (``[scheduler] poll_seconds``) sees the runs' progress; a wake per finished
+        job made it read the database once per task for nothing."""
+        self._take_news()
+        waiting = (a for a, _, _ in self.pending if not attempt_lock_path(self.home, a).exists())
+        return sum(1 for _ in itertools.islice(waiting, self.slots)) < self.slots
 
     def drain(self, signum: int, _frame: FrameType | None) -> None:
         log.info("worker %d: %s; exiting after the running attempt", self.index, signum)

@@ -4,7 +4,10 @@ All state is in the database, and the scheduler would notice every change on its
 polling. Polling alone, though, makes each hand-over (a job ended, a message arrived) wait
 for the next poll. So whoever commits such a change on the scheduler's machine (the job
 wrapper, the HTTP intake) also sends one datagram to a Unix socket that the active
-scheduler listens on. A nudge carries no data and may be lost: it only shortens a wait.
+scheduler listens on. A nudge may be lost: it only shortens a wait. The local executor's
+nudges to its workers also carry the attempts just submitted (``runwatch.jobs.worker``),
+sparing each worker a read of the queue; a worker still reads it when a nudge comes
+without them, and when it has heard nothing for a while.
 """
 
 from __future__ import annotations
@@ -29,8 +32,13 @@ def socket_path(work_root: str | Path) -> str:
     return str(Path(work_root) / SOCKET_NAME)
 
 
-def nudge(path: str | None) -> None:
-    """Tell the scheduler listening at ``path`` to tick now; never fails, never blocks."""
+PLAIN = b"!"  # a nudge that says only "look"
+MAX_PAYLOAD = 4096  # longer news is not sent: a plain nudge makes the listener look itself
+
+
+def nudge(path: str | None, payload: bytes = PLAIN) -> None:
+    """Tell the listener at ``path`` to look now, with ``payload`` if it is not too long
+    (else plainly); never fails, never blocks."""
     if not path:
         return
     with (
@@ -38,15 +46,22 @@ def nudge(path: str | None) -> None:
         socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock,
     ):
         sock.setblocking(False)
-        sock.sendto(b"!", path)
+        sock.sendto(payload if len(payload) <= MAX_PAYLOAD else PLAIN, path)
 
 
 class NudgeListener:
-    """Calls ``on_nudge`` for every datagram received at ``path`` (in a daemon thread)."""
+    """Calls ``on_nudge`` for every datagram received at ``path`` (in a daemon thread),
+    after ``on_payload`` with the datagram's bytes if given."""
 
-    def __init__(self, path: str, on_nudge: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        path: str,
+        on_nudge: Callable[[], None],
+        on_payload: Callable[[bytes], None] | None = None,
+    ) -> None:
         self.path = path
         self.on_nudge = on_nudge
+        self.on_payload = on_payload
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._inode: int | None = None
@@ -79,11 +94,13 @@ class NudgeListener:
         sock = self._sock
         while sock is not None and sock is self._sock:
             try:
-                sock.recv(64)
+                payload = sock.recv(MAX_PAYLOAD)
             except TimeoutError:
                 continue
             except OSError:
                 return
+            if self.on_payload is not None:
+                self.on_payload(payload)
             self.on_nudge()
 
     def stop(self) -> None:
