@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -44,6 +45,7 @@ from benchdb import reset
 from runwatch.catalogue.models import File, Run, RunStatus
 from runwatch.db import Database, utcnow
 from runwatch.ingest.models import MessageStatus, ReceivedMessage
+from runwatch.jobs.worker import runtime_folder
 from runwatch.workflow.models import Attempt, PipelineRevision, Task
 from runwatch.workflow.states import TaskState
 
@@ -279,7 +281,7 @@ def daemon_pids(procs: list[subprocess.Popen[bytes]], root: Path, db: Database) 
     database = database_server_pid(db)
     if database is not None:
         pids["database"] = database
-    for lock in sorted((root / "work" / "local").glob("worker-*.lock")):
+    for lock in sorted(runtime_folder(root / "work").glob("worker-*.lock")):
         if lock.read_text().isdigit():
             pids[lock.stem] = int(lock.read_text())
     return pids
@@ -387,6 +389,8 @@ def measure(
             proc.terminate()
             proc.wait(30)
         db.dispose()
+        # The local executor's locks and sockets, in memory (the work root goes with tmp).
+        shutil.rmtree(runtime_folder(root / "work"), ignore_errors=True)
 
 
 def _wait_up(client: httpx.Client, db: Database, root: Path) -> None:
@@ -398,7 +402,7 @@ def _wait_up(client: httpx.Client, db: Database, root: Path) -> None:
                     lease = s.execute(sa.text("SELECT holder FROM scheduler_lease")).first()
                 workers = [
                     lock
-                    for lock in (root / "work" / "local").glob("worker-*.lock")
+                    for lock in runtime_folder(root / "work").glob("worker-*.lock")
                     if lock.read_text().isdigit()
                 ]
                 if lease and len(workers) == 2:  # their CPU time is measured too

@@ -10,6 +10,7 @@ missing server a failure, so CI can never pass by skipping.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,6 +52,18 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is not available")
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _local_runtime_folders_removed() -> Iterator[None]:
+    """The local executor's runtime folders (in /dev/shm, one per work root) that the
+    tests made are removed at the end: each test has a work root of its own."""
+    shm = Path("/dev/shm")
+    pattern = f"runwatch-{os.getuid()}-*"
+    before = set(shm.glob(pattern)) if shm.is_dir() else set()
+    yield
+    for folder in set(shm.glob(pattern)) - before if shm.is_dir() else ():
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _reset_server_schema(url: str) -> None:

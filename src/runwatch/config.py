@@ -36,7 +36,7 @@ class SchedulerSettings(BaseModel):
         ge=0,
         description=(
             "Thread slots for the executor; 0 = CPU count. The local executor runs one "
-            "worker process per slot (under <work_root>/local) and keeps two rounds of "
+            "worker process per slot (logs under <work_root>/local) and keeps two rounds of "
             "jobs queued behind the slots, so the next job starts as soon as one ends."
         ),
     )

@@ -22,6 +22,7 @@ from runwatch.executors.local import LocalExecutor, parse_external_id
 from runwatch.jobs.worker import (
     attempt_lock,
     attempt_lock_path,
+    runtime_folder,
     sweep_attempt_locks,
     worker_lock_path,
 )
@@ -75,7 +76,7 @@ def worker_pids(executor: LocalExecutor) -> list[int]:
     pids = []
     for index in range(executor.slots):
         try:
-            proc = psutil.Process(int(worker_lock_path(executor.home, index).read_text()))
+            proc = psutil.Process(int(worker_lock_path(executor.runtime, index).read_text()))
             if WORKER in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE:
                 pids.append(proc.pid)
         except (OSError, ValueError, psutil.Error):
@@ -180,7 +181,7 @@ def test_cancel_kills_the_step_and_the_worker_carries_on(
     attempt_id = make_attempt(db, tmp_path, f"echo $$ > {pid_file}; sleep 30")
     [external_id] = executor.submit([request(db, attempt_id, tmp_path)])
     step = psutil.Process(int(wait_for_file(pid_file)))
-    wait_for(lambda: attempt_lock_path(executor.home, attempt_id).read_text(), 5, "pid noted")
+    wait_for(lambda: attempt_lock_path(executor.runtime, attempt_id).read_text(), 5, "pid noted")
     started = time.monotonic()
     executor.cancel(external_id)
     assert time.monotonic() - started < 0.5, "cancel does not wait"
@@ -206,7 +207,7 @@ def test_cancel_escalates_to_sigkill(executor: LocalExecutor, db: Database, tmp_
     executor.cancel_grace_s = 0.3
     [external_id] = executor.submit([request(db, attempt_id, tmp_path)])
     child = psutil.Process(int(wait_for_file(pid_file)))
-    wait_for(lambda: attempt_lock_path(executor.home, attempt_id).read_text(), 5, "pid noted")
+    wait_for(lambda: attempt_lock_path(executor.runtime, attempt_id).read_text(), 5, "pid noted")
     executor.cancel(external_id)
     time.sleep(0.15)
     assert status(executor, external_id) is JobStatus.RUNNING, "SIGTERM is ignored"
@@ -281,8 +282,21 @@ def test_a_second_worker_with_the_same_index_exits_at_once(
     wait_for(lambda: len(worker_pids(executor)) == 2, 15, "the workers to start")
     env = {**os.environ, "RUNWATCH_DATABASE_URL": db.url}
     argv = [sys.executable, "-m", WORKER, f"--home={executor.home}", "--index=0", "--slots=2"]
+    argv.append(f"--runtime={executor.runtime}")
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 1 and "worker 0 already runs" in done.stderr
+
+
+def test_the_runtime_folder_is_in_memory_one_per_work_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = runtime_folder(tmp_path / "a"), runtime_folder(tmp_path / "b")
+    assert first != second and first == runtime_folder(tmp_path / "x" / ".." / "a")
+    if Path("/dev/shm").is_dir():
+        assert first.parent == Path("/dev/shm") and str(os.getuid()) in first.name
+    # Without /dev/shm: the work root's own folder.
+    monkeypatch.setattr(os, "access", lambda *_args, **_kwargs: False)
+    assert runtime_folder(tmp_path / "a") == tmp_path / "a" / "local"
 
 
 def test_attempt_locks_are_taken_once_and_swept_when_old(tmp_path: Path) -> None:
@@ -348,7 +362,7 @@ def test_a_killed_scheduler_kills_no_job(db: Database, tmp_path: Path) -> None:
         scheduler.wait()
         if scheduler.stdout is not None:
             scheduler.stdout.close()
-        for path in (tmp_path / "work" / "local").glob("worker-*.lock"):
+        for path in runtime_folder(tmp_path / "work").glob("worker-*.lock"):
             pid = path.read_text()
             if pid.isdigit():
                 os.kill(int(pid), signal.SIGTERM)

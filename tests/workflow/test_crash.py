@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from runwatch.catalogue.models import RunStatus
 from runwatch.db import Database, utcnow
 from runwatch.ingest.service import receive
+from runwatch.jobs.worker import runtime_folder
 from runwatch.storage.checksum import adler32_file
 from runwatch.workflow.models import Attempt, SchedulerLease, Task, TaskOutput
 from runwatch.workflow.states import AttemptState, TaskState
@@ -111,7 +112,7 @@ def busy_workers(root: Path) -> list[int]:
     """Workers in the middle of a job: those named in the attempt lock files that are
     held (see runwatch.jobs.worker: a held file holds 'COMMAND_PID WORKER_PID')."""
     pids = []
-    for path in (root / "work" / "local").glob("attempt-*.lock"):
+    for path in runtime_folder(root / "work").glob("attempt-*.lock"):
         with contextlib.suppress(OSError, ValueError, IndexError):  # the job may just end
             fd = os.open(path, os.O_RDONLY)
             try:
@@ -127,7 +128,7 @@ def busy_workers(root: Path) -> list[int]:
 def workers(root: Path) -> list[int]:
     """Every live worker of this test (pids from their lock files)."""
     pids = []
-    for path in (root / "work" / "local").glob("worker-*.lock"):
+    for path in runtime_folder(root / "work").glob("worker-*.lock"):
         with contextlib.suppress(OSError, ValueError, psutil.Error):
             proc = psutil.Process(int(path.read_text()))
             if "runwatch.jobs.worker" in " ".join(proc.cmdline()):

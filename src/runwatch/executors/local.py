@@ -5,10 +5,11 @@ session, so that killing the scheduler never kills jobs. Submitting is a nudge: 
 attempts are already SUBMITTED in the database and the workers pull them from there,
 oldest first (the scheduler submits newest data first, a few jobs ahead of the slots).
 
-Everything the executor needs to know lives in files under ``<work_root>/local/`` that
-the workers hold locks on (see ``runwatch.jobs.worker``), so a new scheduler after a
-kill -9 finds the running workers and their jobs without any memory of the old one. The
-external id is ``local:ATTEMPT``.
+Everything the executor needs to know lives in files that the workers hold locks on, in
+its runtime folder (in memory where the machine has ``/dev/shm``; see
+``runwatch.jobs.worker``), so a new scheduler after a kill -9 finds the running workers
+and their jobs without any memory of the old one. The workers' logs and trash stay in
+``<work_root>/local/``. The external id is ``local:ATTEMPT``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from runwatch.executors.base import JobInfo, JobRequest, JobStatus
 from runwatch.jobs.environment import DATABASE_URL_ENV
 from runwatch.jobs.worker import (
     attempt_lock_path,
+    runtime_folder,
     submitted_news,
     try_lock,
     worker_lock_path,
@@ -63,7 +65,8 @@ class LocalExecutor:
     def __init__(self, settings: Settings, *, idle_exit_s: float | None = None) -> None:
         self.settings = settings
         self.slots = settings.scheduler.slots or os.cpu_count() or 1
-        self.home = Path(settings.work_root) / "local"
+        self.home = Path(settings.work_root) / "local"  # the workers' logs and trash
+        self.runtime = runtime_folder(Path(settings.work_root))  # their locks and sockets
         self.idle_exit_s = idle_exit_s
         self.cancel_grace_s = CANCEL_GRACE_S
         self.started: dict[int, subprocess.Popen[bytes]] = {}  # by worker index
@@ -86,16 +89,17 @@ class LocalExecutor:
             # The workers learn the attempts from the nudge itself: no read of the queue.
             news = submitted_news([(job.attempt_id, job.threads) for job in jobs], time.time())
             for index in range(self.slots):
-                nudge(str(worker_socket_path(self.home, index)), news)
+                nudge(str(worker_socket_path(self.runtime, index)), news)
         return [external_id(job.attempt_id) for job in jobs]
 
     def ensure_workers(self) -> None:
         """Start every worker that is not running (first use, or one that died)."""
         self.home.mkdir(parents=True, exist_ok=True)
+        self.runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
         for index in range(self.slots):
             if self._loading(index):
                 continue  # it exits by itself if another worker holds the index
-            fd = try_lock(worker_lock_path(self.home, index))
+            fd = try_lock(worker_lock_path(self.runtime, index))
             if fd is None:
                 continue  # alive
             os.close(fd)
@@ -113,6 +117,7 @@ class LocalExecutor:
             "-m",
             "runwatch.jobs.worker",
             f"--home={self.home}",
+            f"--runtime={self.runtime}",
             f"--index={index}",
             f"--slots={self.slots}",
         ]
@@ -150,7 +155,7 @@ class LocalExecutor:
         attempt_id = parse_external_id(ext)
         if attempt_id is None:
             return JobInfo(JobStatus.GONE, reason=f"not a local job id: {ext}")
-        path = attempt_lock_path(self.home, attempt_id)
+        path = attempt_lock_path(self.runtime, attempt_id)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -169,7 +174,7 @@ class LocalExecutor:
         attempt_id = parse_external_id(ext)
         if attempt_id is None:
             return
-        command = _running_command(attempt_lock_path(self.home, attempt_id))
+        command = _running_command(attempt_lock_path(self.runtime, attempt_id))
         if command is None:
             return  # not running, or its command has not started (its heartbeat stops it)
         _signal_group(command, signal.SIGTERM)
@@ -189,7 +194,7 @@ class LocalExecutor:
             # Worker N may be another's (ours, still loading, would find it and exit): it
             # is the one holding the lock.
             with contextlib.suppress(OSError, ValueError):
-                path = worker_lock_path(self.home, index)
+                path = worker_lock_path(self.runtime, index)
                 fd = try_lock(path)
                 if fd is not None:
                     os.close(fd)  # not running

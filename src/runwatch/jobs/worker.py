@@ -14,7 +14,10 @@ when it starts, when a nudge names nothing, when a read filled its limit (there 
 more), and after ``POLL_S`` without a nudge, in case one was lost.
 
 What the executor can tell from files alone, whatever process asks (a new scheduler after
-a kill -9 included), all in ``<work_root>/local/``:
+a kill -9 included), all in its runtime folder (``runtime_folder``: in memory, under
+``/dev/shm``, where the machine has it; else ``<work_root>/local/``). They only ever
+describe processes alive on this machine, and making a file there costs microseconds, not
+the ~0.5 ms of CPU a file made on a disk can cost (one or two per task):
 
 - ``worker-N.lock`` is ``flock``-ed by worker N while it lives: a dead worker is seen at
   once and replaced, and two workers never share an index;
@@ -22,7 +25,7 @@ a kill -9 included), all in ``<work_root>/local/``:
   claim until after the record; it holds the command's and the worker's pids once the
   command runs (for a cancel). Held: the job runs. There but not held: the job ended
   (recorded by its worker, or not if the worker died). Absent: not started yet. Workers
-  remove files older than ``KEEP_LOCKS_S`` while idle;
+  remove files older than ``KEEP_LOCKS_S`` once a minute;
 - ``slot-I`` are the thread slots (``runwatch.jobs.slots``): a task of T threads takes T.
 
 SIGTERM or SIGINT drain a worker: it finishes the attempt it runs, then exits. Killing the
@@ -36,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import itertools
 import logging
 import os
@@ -107,6 +111,17 @@ def read_news(payload: bytes) -> list[Queued] | None:
         return None
 
 
+def runtime_folder(work_root: Path) -> Path:
+    """Where the local executor of ``work_root`` keeps its locks, slots and sockets: a
+    folder of this user's in ``/dev/shm`` named after the work root, or ``<work_root>/local``
+    on a machine without it."""
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK | os.X_OK)):
+        return work_root / "local"
+    key = hashlib.sha256(str(work_root.resolve()).encode()).hexdigest()[:16]
+    return shm / f"runwatch-{os.getuid()}-{key}"
+
+
 def worker_lock_path(home: Path, index: int) -> Path:
     return home / f"worker-{index}.lock"
 
@@ -163,6 +178,15 @@ def attempt_lock(
         os.close(fd)  # the file stays, unlocked: "gone" (see sweep_attempt_locks)
 
 
+def lock_written_since(home: Path, attempt_id: int, since: float) -> bool:
+    """Whether ``attempt-ID.lock`` was made or written at ``since`` (a ``time.time()``) or
+    later: a worker took the attempt then."""
+    try:
+        return os.stat(attempt_lock_path(home, attempt_id)).st_mtime >= since
+    except FileNotFoundError:
+        return False
+
+
 def sweep_attempt_locks(home: Path, older_than_s: float) -> int:
     """Remove the lock files of attempts that ended more than ``older_than_s`` ago (not
     held, not touched since); the number removed."""
@@ -196,9 +220,11 @@ class Worker:
         index: int,
         slots: int,
         idle_exit_s: float = IDLE_EXIT_S,
+        runtime: Path | None = None,
     ) -> None:
         self.db = db
-        self.home = home
+        self.home = home  # the worker's trash (on the work directories' file system)
+        self.runtime = runtime or home  # locks, slots and its socket (``runtime_folder``)
         self.index = index
         self.slots = slots
         self.idle_exit_s = idle_exit_s
@@ -214,14 +240,15 @@ class Worker:
     def serve(self) -> int:
         """Run attempts until drained or idle too long; 0, or 1 if worker N already runs."""
         self.home.mkdir(parents=True, exist_ok=True)
-        identity = try_lock(worker_lock_path(self.home, self.index))
+        self.runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+        identity = try_lock(worker_lock_path(self.runtime, self.index))
         if identity is None:
             log.info("worker %d already runs; exiting", self.index)
             return 1
         os.ftruncate(identity, 0)
         os.pwrite(identity, str(os.getpid()).encode(), 0)
         nudges = NudgeListener(
-            str(worker_socket_path(self.home, self.index)), self.wake.set, self.hear
+            str(worker_socket_path(self.runtime, self.index)), self.wake.set, self.hear
         )
         nudges.start()
         self.trash.start()
@@ -229,12 +256,14 @@ class Worker:
         idle_since = swept = time.monotonic()
         try:
             while not self.stop.is_set():
+                # Busy or not: in keep-up a worker may never be idle, and a lock file a
+                # task left must not stay for good (they are in memory).
+                if time.monotonic() - swept > SWEEP_EVERY_S:
+                    swept = time.monotonic()
+                    sweep_attempt_locks(self.runtime, KEEP_LOCKS_S)
                 if self.run_next():
                     idle_since = time.monotonic()
                     continue
-                if time.monotonic() - swept > SWEEP_EVERY_S:
-                    swept = time.monotonic()
-                    sweep_attempt_locks(self.home, KEEP_LOCKS_S)
                 if time.monotonic() - idle_since > self.idle_exit_s:
                     log.info("worker %d: idle for %.0f s; exiting", self.index, self.idle_exit_s)
                     break
@@ -305,9 +334,13 @@ class Worker:
         """Take the slots, lock and claim the attempt, run it; False if it was not ours.
         ``since``: when it was known submitted (a lock file written later is another
         worker's)."""
+        if since is not None and lock_written_since(self.runtime, attempt_id, since):
+            # Another worker's: known without the slots and the lock, whose temporary
+            # file costs a file creation (~0.5 ms on this kind of disk).
+            return False
         with (
-            slots_held(self.slots, self.home, threads),
-            attempt_lock(self.home, attempt_id, since) as fd,
+            slots_held(self.slots, self.runtime, threads),
+            attempt_lock(self.runtime, attempt_id, since) as fd,
         ):
             if fd is None:
                 return False  # another worker is at it, or was since it was submitted
@@ -338,7 +371,8 @@ class Worker:
         polling (``[scheduler] poll_seconds``) sees the runs' progress; a wake per finished
         job made it read the database once per task for nothing."""
         self._take_news()
-        waiting = (a for a, _, _ in self.pending if not attempt_lock_path(self.home, a).exists())
+        runtime = self.runtime
+        waiting = (a for a, _, _ in self.pending if not attempt_lock_path(runtime, a).exists())
         return sum(1 for _ in itertools.islice(waiting, self.slots)) < self.slots
 
     def drain(self, signum: int, _frame: FrameType | None) -> None:
@@ -377,6 +411,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="A local worker (started by the local executor, not by hand).",
     )
     parser.add_argument("--home", required=True, type=Path, help="The executor's folder.")
+    parser.add_argument(
+        "--runtime", type=Path, help="Its locks, slots and sockets (default: --home)."
+    )
     parser.add_argument("--index", required=True, type=int, help="This worker's number.")
     parser.add_argument("--slots", required=True, type=int, help="Thread slots here.")
     parser.add_argument("--idle-exit", type=float, default=IDLE_EXIT_S, help="Seconds.")
@@ -387,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("no database: set RUNWATCH_DATABASE_URL")
         return 2
     db = Database(url)
-    worker = Worker(db, args.home, args.index, args.slots, args.idle_exit)
+    worker = Worker(db, args.home, args.index, args.slots, args.idle_exit, args.runtime)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, worker.drain)
     try:
