@@ -40,7 +40,6 @@ import argparse
 import contextlib
 import fcntl
 import hashlib
-import itertools
 import logging
 import os
 import signal
@@ -81,10 +80,7 @@ _NEXT = (
 )
 
 
-# -- the files the executor reads ---------------------------------------------------------
-
-
-# -- what the executor's nudge says ----------------------------------------------------
+# -- what the executor's nudge says -------------------------------------------------------
 
 SUBMITTED = b"submitted"
 
@@ -109,6 +105,9 @@ def read_news(payload: bytes) -> list[Queued] | None:
         return [(int(a), int(t), at) for a, _, t in (w.partition(b":") for w in words[2:])]
     except ValueError:
         return None
+
+
+# -- the files the executor reads ---------------------------------------------------------
 
 
 def runtime_folder(work_root: Path) -> Path:
@@ -145,15 +144,11 @@ def try_lock(path: Path) -> int | None:
 
 
 @contextlib.contextmanager
-def attempt_lock(
-    home: Path, attempt_id: int, taken_since: float | None = None
-) -> Iterator[int | None]:
+def attempt_lock(home: Path, attempt_id: int) -> Iterator[int | None]:
     """Hold ``attempt-ID.lock`` and yield its descriptor, or yield None if another worker
     holds it. It is locked under a temporary name and linked
     into place (which fails if it exists), so it is never seen unlocked while its worker
-    lives; a file left by a dead worker is taken over. With ``taken_since`` (a
-    ``time.time()``), a file made or written since then also yields None: another worker
-    took the attempt after this one read the queue, so a claim would only be refused."""
+    lives; a file left by a dead worker is taken over."""
     path = attempt_lock_path(home, attempt_id)
     temporary = home / f".attempt-{attempt_id}.{os.getpid()}"
     fd: int | None = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
@@ -164,9 +159,6 @@ def attempt_lock(
     except FileExistsError:
         os.close(fd)
         fd = try_lock(path)
-        if fd is not None and taken_since is not None and os.fstat(fd).st_mtime >= taken_since:
-            os.close(fd)
-            fd = None
     finally:
         os.unlink(temporary)
     if fd is None:
@@ -300,7 +292,7 @@ class Worker:
         The attempts it knows of (named by nudges, or read from the queue several at a
         time) are tried first; the queue is read only when that is due (see the module's
         doc). One taken meanwhile by the other worker costs no statement: its lock file
-        tells (``attempt_lock``)."""
+        tells (``try_attempt``)."""
         self._take_news()
         if self.pending and self._run_one_of_pending():
             return True
@@ -333,14 +325,13 @@ class Worker:
     def try_attempt(self, attempt_id: int, threads: int, since: float | None = None) -> bool:
         """Take the slots, lock and claim the attempt, run it; False if it was not ours.
         ``since``: when it was known submitted (a lock file written later is another
-        worker's)."""
+        worker's: skipped by one ``stat``, before the slots, the lock and a claim that
+        would be refused; one taken in between only costs that claim)."""
         if since is not None and lock_written_since(self.runtime, attempt_id, since):
-            # Another worker's: known without the slots and the lock, whose temporary
-            # file costs a file creation (~0.5 ms on this kind of disk).
             return False
         with (
             slots_held(self.slots, self.runtime, threads),
-            attempt_lock(self.runtime, attempt_id, since) as fd,
+            attempt_lock(self.runtime, attempt_id) as fd,
         ):
             if fd is None:
                 return False  # another worker is at it, or was since it was submitted
@@ -372,8 +363,8 @@ class Worker:
         job made it read the database once per task for nothing."""
         self._take_news()
         runtime = self.runtime
-        waiting = (a for a, _, _ in self.pending if not attempt_lock_path(runtime, a).exists())
-        return sum(1 for _ in itertools.islice(waiting, self.slots)) < self.slots
+        waiting = sum(1 for a, _, _ in self.pending if not attempt_lock_path(runtime, a).exists())
+        return waiting < self.slots
 
     def drain(self, signum: int, _frame: FrameType | None) -> None:
         log.info("worker %d: %s; exiting after the running attempt", self.index, signum)
