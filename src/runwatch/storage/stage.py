@@ -120,37 +120,28 @@ def stage_out(
     refused = f"cannot stage out {name} to {destination_dir_url}"
     try:
         url = join_url(destination_dir_url, name)
+        store: Callable[[Deadline], tuple[str, int]]
         if is_root_url(destination_dir_url):
-            what = f"cannot stage out {source} to {url}"
-            _require_file(source)
-            checksum, size = with_retries(
-                what,
-                policy,
-                lambda deadline: xrootd.upload(
-                    source, destination_dir_url, name, deadline, what, progress
-                ),
+            where = url
+            store = lambda deadline: xrootd.upload(  # noqa: E731
+                source, destination_dir_url, name, deadline, what, progress
             )
         elif is_http_url(destination_dir_url):
-            what = f"cannot stage out {source} to {url}"
-            _require_file(source)
-            checksum, size = with_retries(
-                what,
-                policy,
-                lambda deadline: http.upload(
-                    source, destination_dir_url, name, deadline, what, policy.ca_file, progress
-                ),
+            where = url
+            store = lambda deadline: http.upload(  # noqa: E731
+                source, destination_dir_url, name, deadline, what, policy.ca_file, progress
             )
         elif is_file_url(destination_dir_url):
             final = url_to_path(url)
-            what = f"cannot stage out {source} to {final}"
-            _require_file(source)
-            checksum, size = with_retries(
-                what, policy, lambda deadline: _store(source, final, deadline, progress)
-            )
+            where = str(final)
+            store = lambda deadline: _store(source, final, deadline, progress)  # noqa: E731
         else:
             raise StageError(f"{refused}: unsupported URL scheme")
     except URLError as exc:
         raise StageError(f"{refused}: {exc}") from exc
+    what = f"cannot stage out {source} to {where}"
+    _require_file(source)
+    checksum, size = with_retries(what, policy, store)
     return url, size, checksum
 
 
