@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from runwatch.catalogue.models import Run, RunStatus
 from runwatch.config import Settings
 from runwatch.db import Database, utcnow
-from runwatch.executors.base import Executor
+from runwatch.executors.base import Executor, JobInfo, JobRequest, JobStatus
 from runwatch.executors.local import LocalExecutor
 from runwatch.ingest.service import receive
 from runwatch.workflow.scheduler import Scheduler
@@ -93,6 +93,37 @@ def announce_run(
 def run_statuses(db: Database) -> dict[int, RunStatus]:
     with db.session() as session:
         return {n: s for n, s in session.execute(sa.select(Run.number, Run.status))}
+
+
+class BatchSystem:
+    """An executor that names its jobs itself, as HTCondor and Slurm do, and runs none:
+    its jobs stay queued (a test moves their attempts on in the database)."""
+
+    name = "batch"  # no ``job_id``: its ids are its own
+
+    def __init__(self, slots: int = 2) -> None:
+        self.slots = slots
+        self.submitted: list[str] = []
+        self.polled: list[str] = []
+        self.cancelled: list[str] = []
+
+    def capacity(self) -> int:
+        return self.slots
+
+    def queue_ahead(self) -> int:
+        return 0
+
+    def submit(self, jobs: Sequence[JobRequest]) -> list[str]:
+        ids = [f"cluster.{len(self.submitted) + i}" for i in range(len(jobs))]
+        self.submitted += ids
+        return ids
+
+    def poll(self, external_ids: Sequence[str]) -> dict[str, JobInfo]:
+        self.polled += external_ids
+        return {ext: JobInfo(JobStatus.QUEUED) for ext in external_ids}
+
+    def cancel(self, external_id: str) -> None:
+        self.cancelled.append(external_id)
 
 
 @contextmanager

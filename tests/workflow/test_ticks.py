@@ -50,7 +50,6 @@ def test_a_full_tick_is_due_only_for_new_files_free_slots_or_time(
         assert scheduler.full_tick_due(), "time for supervision and run statuses"
     finally:
         with db.session() as s:  # stop the sleeping jobs rather than leave them behind
-            for external_id in s.scalars(sa.select(Attempt.external_id)):
-                if external_id:
-                    executor.cancel(external_id)
+            for attempt_id in s.scalars(sa.select(Attempt.id)):
+                executor.cancel(executor.job_id(attempt_id))
         executor.close()

@@ -8,7 +8,9 @@ jobs that died without a word, and asks it to kill jobs on timeout or cancel.
 Concurrency guarantees for implementers: one scheduler process calls an executor, from one
 thread, so methods need no locking. The scheduler may be killed at any instant and a new
 process may start with a new executor object: ``poll`` must answer for jobs submitted by an
-earlier process from ``external_id`` alone (store what you need in it).
+earlier process from ``external_id`` alone (store what you need in it). An executor that
+names each job after its attempt whatever happens (``job_id(attempt_id)``, optional) has
+its ids derived, not stored (``own_job_id``).
 """
 
 from __future__ import annotations
@@ -89,6 +91,14 @@ class Executor(Protocol):
     def cancel(self, external_id: str) -> None:
         """Kill the job, if it still exists. Must not raise for a job already gone."""
         ...
+
+
+def own_job_id(executor: Executor, attempt_id: int) -> str | None:
+    """The id of an attempt's job when ``executor`` names its jobs after their attempts,
+    whatever happens to them (the local executor: ``local:ID``, an optional ``job_id``
+    method): the scheduler then does not store it, which spares a write per task."""
+    job_id = getattr(executor, "job_id", None)
+    return job_id(attempt_id) if callable(job_id) else None
 
 
 def load_executor(settings: Settings) -> Executor:

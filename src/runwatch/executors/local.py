@@ -9,7 +9,8 @@ Everything the executor needs to know lives in files that the workers hold locks
 its runtime folder (in memory where the machine has ``/dev/shm``; see
 ``runwatch.jobs.worker``), so a new scheduler after a kill -9 finds the running workers
 and their jobs without any memory of the old one. The workers' logs and trash stay in
-``<work_root>/local/``. The external id is ``local:ATTEMPT``.
+``<work_root>/local/``. The external id is ``local:ATTEMPT``, derived from the attempt
+(``job_id``), never stored.
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ class LocalExecutor:
 
     def capacity(self) -> int:
         return self.slots
+
+    def job_id(self, attempt_id: int) -> str:
+        """An attempt's job is known by its id from the moment it is SUBMITTED: the
+        database is the workers' queue (see ``base.own_job_id``)."""
+        return external_id(attempt_id)
 
     def queue_ahead(self) -> int:
         # Two rounds of jobs wait behind the slots, so that a worker whose job ended takes

@@ -93,6 +93,8 @@ class Attempt(Base):
         index=True,
     )
     executor: Mapped[str] = mapped_column(sa.String(32))
+    # The batch system's job id; NULL where the executor derives it from the attempt's
+    # id (the local executor: ``executors.base.own_job_id``).
     external_id: Mapped[str | None] = mapped_column(sa.String(128))
     host: Mapped[str | None] = mapped_column(sa.String(255))
     submitted_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

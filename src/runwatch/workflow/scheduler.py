@@ -23,7 +23,13 @@ from sqlalchemy.orm import Session
 
 from runwatch.config import Settings
 from runwatch.db import Database, utcnow
-from runwatch.executors.base import Executor, JobInfo, JobRequest, JobStatus
+from runwatch.executors.base import (
+    Executor,
+    JobInfo,
+    JobRequest,
+    JobStatus,
+    own_job_id,
+)
 from runwatch.ingest.models import MESSAGES
 from runwatch.jobs.environment import job_environment, wrapper_command
 from runwatch.workflow import lease, planner
@@ -196,16 +202,22 @@ class Scheduler:
             log.exception("submission of %d jobs failed", len(prepared))
             self._fail_submission([a for a, _ in prepared], f"submission failed: {exc}")
             return 0
-        # Each row is a change of its own, safe to commit alone: no transaction round trips.
-        with self.db.one_statement() as tx:
-            tx.execute(
-                _SET_EXTERNAL_ID,
-                [
-                    {"attempt_id": attempt_id, "given_id": external_id}
-                    for (attempt_id, _), external_id in zip(prepared, ids, strict=True)
-                ],
-            )
+        given = [
+            {"attempt_id": attempt_id, "given_id": external_id}
+            for (attempt_id, _), external_id in zip(prepared, ids, strict=True)
+            if external_id != own_job_id(self.executor, attempt_id)
+        ]
+        if given:  # each row is a change of its own, safe to commit alone
+            with self.db.one_statement() as tx:
+                tx.execute(_SET_EXTERNAL_ID, given)
         return len(prepared)
+
+    def _job_id(self, attempt_id: int, stored: str | None, executor: str) -> str | None:
+        """The attempt's job id: as stored, or derived where this executor names its jobs
+        after their attempts (``own_job_id``)."""
+        if stored is not None or executor != self.executor.name:
+            return stored
+        return own_job_id(self.executor, attempt_id)
 
     def _free_threads(self) -> int:
         """Threads' worth of jobs to submit now (0: none), from a read of the tasks in
@@ -332,12 +344,23 @@ class Scheduler:
             # stay open for minutes, and loading each one's job spec every pass was most
             # of the scheduler's CPU per task.
             open_attempts = [
-                OpenAttempt(*row)
+                OpenAttempt(
+                    row.id,
+                    row.state,
+                    self._job_id(row.id, row.external_id, row.executor),
+                    row.submitted_at,
+                    row.started_at,
+                    row.heartbeat_at,
+                    row.timeout_s,
+                    row.job_start,
+                    row.batch_status,
+                )
                 for row in session.execute(
                     sa.select(
                         Attempt.id,
                         Attempt.state,
                         Attempt.external_id,
+                        Attempt.executor,
                         Attempt.submitted_at,
                         Attempt.started_at,
                         Attempt.heartbeat_at,
@@ -351,14 +374,13 @@ class Scheduler:
             ]
             cancelled: list[str] = [
                 external_id
-                for external_id in session.scalars(
-                    sa.select(Attempt.external_id).where(
+                for attempt_id, stored, executor in session.execute(
+                    sa.select(Attempt.id, Attempt.external_id, Attempt.executor).where(
                         Attempt.state == AttemptState.CANCELLED,
                         Attempt.ended_at > self.clock() - CANCEL_SWEEP,
-                        Attempt.external_id.is_not(None),
                     )
                 )
-                if external_id is not None
+                if (external_id := self._job_id(attempt_id, stored, executor)) is not None
             ]
         ids = [a.external_id for a in open_attempts if a.external_id] + cancelled
         infos = self.executor.poll(ids) if ids else {}
