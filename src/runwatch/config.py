@@ -37,7 +37,8 @@ class SchedulerSettings(BaseModel):
         description=(
             "Thread slots for the executor; 0 = CPU count. The local executor runs one "
             "worker process per slot (logs under <work_root>/local) and keeps two rounds of "
-            "jobs queued behind the slots, so the next job starts as soon as one ends."
+            "jobs queued behind the slots, so the next job starts as soon as one ends (up "
+            "to four while jobs of milliseconds run the queue dry between two rounds)."
         ),
     )
     order: str = Field("newest", pattern="^(newest|oldest)$", description="Keep-up order.")

@@ -107,3 +107,26 @@ def test_an_attempt_another_worker_took_since_it_was_submitted_costs_no_claim(
         for engine in engines:
             sa.event.remove(engine, "before_cursor_execute", seen)
     assert claims == []
+
+
+def test_the_queue_runs_low_below_the_slots_or_half_the_last_round(
+    db: Database, tmp_path: Path
+) -> None:
+    """When a worker wakes the scheduler after a success: as the scheduler refills
+    (``Scheduler._free_threads``), when fewer attempts wait than the slots or than half
+    the round the scheduler last submitted."""
+    home = tmp_path / "local"
+    home.mkdir()
+    two_slots = Worker(db, home, index=0, slots=2)
+    assert two_slots.queue_runs_low(), "nothing waits"
+    two_slots.hear(submitted_news([(a, 1) for a in range(1, 3)], 0.0))
+    assert not two_slots.queue_runs_low(), "a round of 2 waits"
+    two_slots.hear(submitted_news([(a, 1) for a in range(3, 11)], 0.0))
+    assert not two_slots.queue_runs_low(), "10 wait, the last round was 8"
+    two_slots.pending = two_slots.pending[-4:]
+    assert not two_slots.queue_runs_low(), "4 wait: half the last round"
+    two_slots.pending = two_slots.pending[-3:]
+    assert two_slots.queue_runs_low(), "3 wait: fewer than half the last round"
+    two_slots.pending = two_slots.pending[-1:]
+    two_slots.hear(submitted_news([(11, 1)], 0.0))
+    assert not two_slots.queue_runs_low(), "2 wait after a round of 1: the slots count"

@@ -101,6 +101,15 @@ def own_job_id(executor: Executor, attempt_id: int) -> str | None:
     return job_id(attempt_id) if callable(job_id) else None
 
 
+def queue_ahead_max(executor: Executor) -> int:
+    """The most the scheduler may queue ahead of ``executor``'s slots: its optional
+    ``queue_ahead_max()`` (the local executor), else ``queue_ahead()`` (a batch system's
+    queue is as deep as its operator set it). Between the two, the scheduler queues deeper
+    only while the slots run dry waiting for its next round (short jobs)."""
+    most = getattr(executor, "queue_ahead_max", None)
+    return max(most(), executor.queue_ahead()) if callable(most) else executor.queue_ahead()
+
+
 def load_executor(settings: Settings) -> Executor:
     """Build the executor named in the settings, found through entry points."""
     name = settings.scheduler.executor

@@ -84,8 +84,14 @@ class LocalExecutor:
     def queue_ahead(self) -> int:
         # Two rounds of jobs wait behind the slots, so that a worker whose job ended takes
         # the next at once, and the scheduler refills the queue in batches (see
-        # Scheduler._choose) instead of once per job.
+        # Scheduler._choose) instead of once per job. Not more: the workers take the
+        # oldest first, so newer data waits behind what is queued.
         return 2 * self.slots
+
+    def queue_ahead_max(self) -> int:
+        # Up to twice as many while the workers run dry between the scheduler's rounds:
+        # jobs of a few milliseconds end faster than a round is made.
+        return 4 * self.slots
 
     # -- submit ---------------------------------------------------------------------------
 

@@ -228,6 +228,7 @@ class Worker:
         self.news: list[Queued] = []  # named by nudges, not yet in ``pending``
         self.news_lock = threading.Lock()  # the nudge listener's thread adds to ``news``
         self.read_due = True  # read the queue at the next chance (see the module's doc)
+        self.last_round = 0  # attempts the last nudge named (the scheduler's last round)
 
     def serve(self) -> int:
         """Run attempts until drained or idle too long; 0, or 1 if worker N already runs."""
@@ -277,6 +278,7 @@ class Worker:
             return
         with self.news_lock:
             self.news.extend(news)
+            self.last_round = len(news)
 
     def _take_news(self) -> None:
         with self.news_lock:
@@ -356,15 +358,16 @@ class Worker:
         return True
 
     def queue_runs_low(self) -> bool:
-        """Whether to wake the scheduler after a success: only when fewer attempts than
-        slots are left that this worker knows of and no worker has taken. While the queue
-        is deep the scheduler has nothing to add (it refills in batches), and its own
-        polling (``[scheduler] poll_seconds``) sees the runs' progress; a wake per finished
-        job made it read the database once per task for nothing."""
+        """Whether to wake the scheduler after a success: only when fewer attempts are
+        left that this worker knows of and no worker has taken than the slots or half
+        the scheduler's last round, as the scheduler refills (``_free_threads``). While
+        the queue is deep the scheduler has nothing to add (it refills in batches), and
+        its own polling (``[scheduler] poll_seconds``) sees the runs' progress; a wake
+        per finished job made it read the database once per task for nothing."""
         self._take_news()
         runtime = self.runtime
         waiting = sum(1 for a, _, _ in self.pending if not attempt_lock_path(runtime, a).exists())
-        return waiting < self.slots
+        return waiting < max(self.slots, self.last_round // 2)
 
     def drain(self, signum: int, _frame: FrameType | None) -> None:
         log.info("worker %d: %s; exiting after the running attempt", self.index, signum)

@@ -29,6 +29,7 @@ from runwatch.executors.base import (
     JobRequest,
     JobStatus,
     own_job_id,
+    queue_ahead_max,
 )
 from runwatch.ingest.models import MESSAGES
 from runwatch.jobs.environment import job_environment, wrapper_command
@@ -130,6 +131,11 @@ class Scheduler:
         self._planned_up_to: int | None = None  # the newest message at that moment
         self._room = 0  # threads' worth of jobs the last submission could still have added
         self._in_flight: tuple[int, int] | None = None  # threads queued, running; see _signal
+        # Threads' worth of jobs queued beyond the executor's queue_ahead() (see _deepen),
+        # and whether the last submission filled the queue (a refill then tells whether
+        # it was deep enough).
+        self._deeper = 0
+        self._filled = False
         self._seen_change: Signal | None = None  # the read that ended the last wait
         self.folder = PipelineFolder(settings.pipelines)
         self.book = PipelineBook()
@@ -229,15 +235,35 @@ class Scheduler:
         (queued, running), self._in_flight = self._in_flight, None
         used = queued + running
         capacity = self.executor.capacity()
-        free = capacity + self.executor.queue_ahead() - used
-        self._room = max(free, 0)
-        if free > 0 and used >= capacity and queued >= capacity:
-            # Every slot is busy and another round of jobs is queued: refill later, in
-            # one batch, rather than one job per job that ends (a tick per job was most
-            # of the scheduler's cost per task).
+        ahead = self.executor.queue_ahead() + self._deeper
+        if used >= capacity and queued >= max(capacity, ahead // 2):
+            # Every slot is busy and half the queue or a round of jobs is still queued:
+            # refill later, in one batch, rather than one job per job that ends (a tick
+            # per job was most of the scheduler's cost per task).
             self._room = 0
             return 0
+        if self._filled:
+            self._filled = False
+            self._deepen(queued, running)
+            ahead = self.executor.queue_ahead() + self._deeper
+        free = capacity + ahead - used
+        self._room = max(free, 0)
         return max(free, 0)
+
+    def _deepen(self, queued: int, running: int) -> None:
+        """Adjust the queue's depth at a refill after a round that filled it, from the
+        threads still ``queued`` and ``running``: a round deeper if the queue ran dry
+        meanwhile (jobs of milliseconds end before the next round is made, and the
+        workers wait for it), up to the executor's ``queue_ahead_max``; a thread
+        shallower if every slot was busy with a round's worth still queued, back
+        towards ``queue_ahead`` when jobs are long (newer data waits behind what is
+        queued)."""
+        capacity = self.executor.capacity()
+        most = queue_ahead_max(self.executor) - self.executor.queue_ahead()
+        if queued == 0:
+            self._deeper = min(self._deeper + capacity, most)
+        elif queued >= capacity and running >= capacity:
+            self._deeper = max(min(self._deeper - 1, most), 0)
 
     def _choose(self, tx: sa.Connection, free: int) -> list[ReadyTask]:
         """Up to ``free`` threads' worth of READY tasks."""
@@ -251,6 +277,7 @@ class Scheduler:
             if free <= 0:
                 break
         self._room = max(free, 0)
+        self._filled = bool(chosen) and self._room == 0
         return chosen
 
     def _prepare(
@@ -481,6 +508,13 @@ class Scheduler:
         report = self.run_once(signal) if full else self.run_quick()
         if not full and not report.submitted and self._room > 0:
             report = self.run_once(signal)  # room, nothing ready: plan for work
+        elif not full and report.submitted and self._room == 0:
+            # Submitted and the executor's queue is full again: until a job ends or a file
+            # arrives there is nothing to do (another turn at once was a read of the
+            # database for nothing, one per round of jobs). The jobs just submitted are
+            # open attempts of ours, not a change.
+            self._wait_for_change(stop, wake, (signal[0], signal[1] + report.submitted))
+            return
         if not report.busy():
             self._wait_for_change(stop, wake, signal)
 
