@@ -9,14 +9,15 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from runwatch.catalogue.models import Run
+from runwatch.catalogue.models import Run, RunStatus
 from runwatch.db import Database, utcnow
+from runwatch.ingest.service import receive
 from runwatch.workflow import planner
 from runwatch.workflow.models import Task, TaskDependency
 from runwatch.workflow.revisions import PipelineFolder, RevisionCache, record_revisions
 from runwatch.workflow.service import release_overlooked, transition_each
 from runwatch.workflow.states import TaskState
-from tests.workflow.engine import CHAIN, announce_run
+from tests.workflow.engine import CHAIN, announce_run, message, raw_file
 
 BATCHED = CHAIN.replace("    needs: [hist]\n", "    needs: [hist]\n    batch: 2\n")
 
@@ -249,3 +250,35 @@ def test_the_final_merge_waits_for_a_live_one_and_starts_from_the_last_done(
         ["batch:1", "hist:1", "hist:2", "hist:3", "hist:4"],
     )
     assert live.plan(122) == 0, "one final"
+
+
+def test_a_run_with_its_final_tasks_made_is_looked_at_again_only_when_it_changes(
+    db: Database, tmp_path: Path
+) -> None:
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "chain.yaml").write_text(CHAIN)
+    announce_run(db, tmp_path / "raw", 1, 3)
+    finished: dict[int, planner.RunShape] = {}
+
+    def plan_runs() -> tuple[int, int]:
+        """Run tasks made, and statements it took."""
+        pipelines = PipelineFolder(tmp_path / "p")
+        pipelines.refresh()
+        with db.session() as s:
+            planner.plan_new_files(s, record_revisions(s, pipelines.loaded), utcnow())
+            runs = planner.active_runs(s)
+            with counted_statements(db) as statements:
+                made = planner.plan_run_tasks(s, RevisionCache(), utcnow(), runs, finished)
+            return made, len(statements)
+
+    assert plan_runs()[0] == 1 and len(finished) == 1, "the merge is made: run finished"
+    assert plan_runs() == (0, 0), "nothing to ask the database while the run is unchanged"
+    late = raw_file(tmp_path / "raw", 1, 4)
+    with db.session() as s:
+        assert receive(s, message(late, 1, 4), "test", None, utcnow()).status.value == "accepted"
+    made, statements = plan_runs()
+    assert made == 0 and statements > 0, "a file came in: looked at again"
+    assert plan_runs() == (0, 0)
+    with db.session() as s:  # the run is no longer active: forgotten
+        s.execute(sa.update(Run).values(status=RunStatus.ALL_COMPLETED))
+    assert plan_runs() == (0, 0) and finished == {}

@@ -170,24 +170,53 @@ def run_is_complete(session: Session, run: Run) -> bool:
     return unplanned == 0
 
 
+RunShape = tuple[int, dt.datetime | None, int | None]  # see ``_shape``
+
+
+def _shape(run: Run) -> RunShape:
+    """What a run's run-scoped tasks depend on, besides its tasks: a run whose final tasks
+    are all made needs nothing more until a file comes in or its end changes."""
+    return (run.n_files, run.end_of_run_at, run.expected_files)
+
+
 def plan_run_tasks(
-    session: Session, revisions: RevisionCache, now: dt.datetime, runs: Iterable[Run]
+    session: Session,
+    revisions: RevisionCache,
+    now: dt.datetime,
+    runs: Iterable[Run],
+    finished: dict[int, RunShape] | None = None,
 ) -> int:
-    """Make the run-scoped tasks that are due for these runs; returns tasks made."""
+    """Make the run-scoped tasks that are due for these runs; returns tasks made.
+
+    ``finished``, kept by the caller from one call to the next: the runs whose final
+    tasks were all made, as they were then; they are skipped while unchanged (three
+    queries a run at every full tick of the scheduler, for nothing, while a run's last
+    tasks run). Runs not among ``runs`` are forgotten."""
     made = 0
+    runs = list(runs)
+    if finished is not None:
+        for run_id in finished.keys() - {run.id for run in runs}:
+            del finished[run_id]
     for run in runs:
+        if finished is not None and finished.get(run.id) == _shape(run):
+            continue
         complete = run_is_complete(session, run)
+        all_made = complete
         for revision_id in _run_revisions(session, run.id):
             pipeline = revisions.get(session, revision_id)
             for step in pipeline.steps.values():
                 if step.scope != "run":
                     continue
                 if complete:
-                    made += _plan_final(session, run, revision_id, pipeline, step, now)
+                    made_now = _plan_final(session, run, revision_id, pipeline, step, now)
+                    all_made = all_made and made_now is not None
+                    made += made_now or 0
                 elif step.every_s:
                     made += _plan_live(session, run, revision_id, pipeline, step, now)
                 elif step.batch:
                     made += _plan_batches(session, run, revision_id, pipeline, step, now)
+        if finished is not None and all_made:
+            finished[run.id] = _shape(run)
     session.flush()
     return made
 
@@ -217,7 +246,9 @@ def _needed_tasks(session: Session, run_id: int, pipeline: str, needs: Iterable[
 
 def _plan_final(
     session: Session, run: Run, revision_id: int, pipeline: Pipeline, step: Step, now: dt.datetime
-) -> int:
+) -> int | None:
+    """Make the run's final task of ``step``: 1 if made, 0 if it was made already, None
+    if it must wait (for the live task running)."""
     key = run_task_key(pipeline.name, step.name, run.id, None)
     if session.scalar(sa.select(Task.id).where(Task.key == key)) is not None:
         return 0
@@ -225,7 +256,7 @@ def _plan_final(
     if step.every_s:
         live = _live_summary(session, run.id, pipeline.name, step.name)
         if live.unfinished:
-            return 0  # the final starts from the live task's output: wait for it
+            return None  # the final starts from the live task's output: wait for it
         if live.last_done_batch is not None:
             last = run_task_key(pipeline.name, step.name, run.id, live.last_done_batch)
             previous.append(_live_task(session, last))
