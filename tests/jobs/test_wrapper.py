@@ -19,11 +19,14 @@ from typer.testing import CliRunner
 from runwatch.catalogue.models import File, Run
 from runwatch.cli import build
 from runwatch.db import Database, utcnow
+from runwatch.jobs import wrapper
 from runwatch.jobs.wrapper import (
     EXIT_FAILED,
     EXIT_OK,
+    JOB_ENV_FILE,
     claim,
     command_argv,
+    fresh_workdir,
     run_attempt,
     run_claimed,
 )
@@ -446,6 +449,45 @@ def test_plain_commands_are_execd_directly_and_shell_syntax_runs_in_bash(tmp_pat
         "mytool *.raw",
     ):
         assert command_argv(shell, path) == ["bash", "-c", shell], shell
+
+
+def test_a_program_found_is_remembered_while_it_stays_executable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder in (first, second):
+        folder.mkdir()
+    path = f"{first}:{second}"
+    tool = second / "mytool"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    assert command_argv("mytool x", path)[0] == str(tool)
+    earlier = first / "mytool"
+    earlier.write_text("#!/bin/sh\n")
+    earlier.chmod(0o755)
+    assert command_argv("mytool x", path)[0] == str(tool), "remembered"
+    monkeypatch.setattr(wrapper, "WHICH_KEEP_S", 0.0)
+    assert command_argv("mytool x", path)[0] == str(earlier), "searched again once stale"
+    monkeypatch.undo()
+    earlier.unlink()
+    assert command_argv("mytool x", path)[0] == str(tool), "gone: searched again"
+    tool.unlink()
+    assert command_argv("mytool x", path) == ["bash", "-c", "mytool x"]
+
+
+def test_a_work_directory_is_made_or_emptied_and_a_shallow_one_refused(tmp_path: Path) -> None:
+    fresh = tmp_path / "work" / "run" / "attempt-1"
+    fresh_workdir(fresh)
+    assert fresh.is_dir() and not any(fresh.iterdir())
+    (fresh / "old.root").write_text("an earlier try's output")
+    (fresh / "sub").mkdir()
+    (fresh / JOB_ENV_FILE).write_text("KEEP=1")
+    fresh_workdir(fresh)
+    assert [p.name for p in fresh.iterdir()] == [JOB_ENV_FILE]
+    root = tmp_path / "root"
+    root.symlink_to("/")
+    with pytest.raises(ValueError, match="refusing"):
+        fresh_workdir(root)
 
 
 def test_a_plain_command_runs_and_is_timed(db: Database, tmp_path: Path) -> None:

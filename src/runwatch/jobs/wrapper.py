@@ -558,7 +558,15 @@ WATCHER = Watcher()
 def fresh_workdir(path: Path) -> None:
     """An empty work directory: nothing left from an earlier try can pass for an output.
     Only the batch job's environment file stays (``JOB_ENV_FILE``): a restart of the job
-    needs it."""
+    needs it. Usually there is none yet: making it is one system call."""
+    try:
+        path.mkdir()
+        return
+    except FileNotFoundError:
+        path.mkdir(parents=True, exist_ok=True)
+        return
+    except FileExistsError:
+        pass
     if len(path.resolve().parts) < 3:  # a misconfigured work root must not cost a disk
         raise ValueError(f"refusing to use {path} as a work directory")
     try:
@@ -587,10 +595,32 @@ def command_argv(command: str, search_path: str | None) -> list[str]:
     directory or a shell builtin, runs in bash."""
     words = command.split()
     if words and SHELL_SYNTAX.isdisjoint(command) and "/" not in words[0]:
-        executable = shutil.which(words[0], path=search_path)
+        executable = which(words[0], search_path)
         if executable is not None and words[0] not in SHELL_BUILTINS:
             return [executable, *words[1:]]
     return ["bash", "-c", command]
+
+
+WHICH_KEEP_S = 60.0  # how long a program found on the search path is remembered
+_found: dict[tuple[str, str | None], tuple[str, float]] = {}
+
+
+def which(program: str, search_path: str | None) -> str | None:
+    """``shutil.which``, remembered for ``WHICH_KEEP_S`` while the program stays
+    executable: a local worker runs the same few programs thousands of times, and each
+    search looks in every folder of the path."""
+    now = time.monotonic()
+    found = _found.get((program, search_path))
+    if found is not None and now - found[1] < WHICH_KEEP_S and os.access(found[0], os.X_OK):
+        return found[0]
+    if len(_found) > 256:  # programs named by many pipelines' revisions
+        _found.clear()
+    executable = shutil.which(program, path=search_path)
+    if executable is None:
+        _found.pop((program, search_path), None)
+    else:
+        _found[(program, search_path)] = (executable, now)
+    return executable
 
 
 # Builtins that also exist as programs but act on the shell itself (a program would not).
