@@ -22,14 +22,23 @@ from tests.workflow.engine import CHAIN, announce_run, message, raw_file
 BATCHED = CHAIN.replace("    needs: [hist]\n", "    needs: [hist]\n    batch: 2\n")
 
 
-def plan(db: Database, folder: Path) -> tuple[int, int]:
+def plan(
+    db: Database,
+    folder: Path,
+    finished: dict[int, planner.RunShape] | None = None,
+    statements: list[str] | None = None,
+) -> tuple[int, int]:
+    """File tasks and run tasks made; ``statements``: those the run tasks took."""
     pipelines = PipelineFolder(folder)
     pipelines.refresh()
     with db.session() as s:
         book = record_revisions(s, pipelines.loaded)
         made = planner.plan_new_files(s, book, utcnow())
         runs = planner.active_runs(s)
-        made_runs = planner.plan_run_tasks(s, RevisionCache(), utcnow(), runs)
+        with counted_statements(db) as counted:
+            made_runs = planner.plan_run_tasks(s, RevisionCache(), utcnow(), runs, finished)
+        if statements is not None:
+            statements += counted
         return made, made_runs
 
 
@@ -262,14 +271,8 @@ def test_a_run_with_its_final_tasks_made_is_looked_at_again_only_when_it_changes
 
     def plan_runs() -> tuple[int, int]:
         """Run tasks made, and statements it took."""
-        pipelines = PipelineFolder(tmp_path / "p")
-        pipelines.refresh()
-        with db.session() as s:
-            planner.plan_new_files(s, record_revisions(s, pipelines.loaded), utcnow())
-            runs = planner.active_runs(s)
-            with counted_statements(db) as statements:
-                made = planner.plan_run_tasks(s, RevisionCache(), utcnow(), runs, finished)
-            return made, len(statements)
+        statements: list[str] = []
+        return plan(db, tmp_path / "p", finished, statements)[1], len(statements)
 
     assert plan_runs()[0] == 1 and len(finished) == 1, "the merge is made: run finished"
     assert plan_runs() == (0, 0), "nothing to ask the database while the run is unchanged"
