@@ -209,7 +209,10 @@ class HTCondorSettings(BaseModel):
         1000, ge=1, description="Thread slots runwatch may fill in the pool at once."
     )
     queue_ahead: int = Field(
-        200, ge=0, description="Threads' worth of jobs kept idle in the queue beyond the slots."
+        200,
+        ge=0,
+        description="Threads' worth of jobs kept idle in the queue beyond the slots (topped "
+        "up once fewer than the slots' worth or half of it wait).",
     )
     accounting_group: str = Field(
         "", description="accounting_group of every job (a step's submit.htcondor may override)."
@@ -240,7 +243,10 @@ class SlurmSettings(BaseModel):
         1000, ge=1, description="Thread slots runwatch may fill in the cluster at once."
     )
     queue_ahead: int = Field(
-        200, ge=0, description="Threads' worth of jobs kept pending beyond the slots."
+        200,
+        ge=0,
+        description="Threads' worth of jobs kept pending beyond the slots (topped up once "
+        "fewer than the slots' worth or half of it wait).",
     )
     sbatch_options: list[str] = Field(
         default_factory=list,
