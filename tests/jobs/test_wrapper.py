@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import pytest
 import sqlalchemy as sa
@@ -29,6 +31,7 @@ from runwatch.jobs.wrapper import (
     fresh_workdir,
     run_attempt,
     run_claimed,
+    setup_logging,
 )
 from runwatch.storage.checksum import adler32_file
 from runwatch.workflow.models import Attempt, PipelineRevision, Task, TaskOutput
@@ -553,3 +556,24 @@ def test_a_worker_wakes_the_scheduler_only_when_needed(
         assert nudged.wait(0.5 if woken else 0.2) is woken
     finally:
         listener.stop()
+
+
+def test_the_job_log_gets_no_line_per_http_request(capsys: pytest.CaptureFixture[str]) -> None:
+    """A batch job's log (the wrapper's stderr) holds the wrapper's lines, not one per
+    heartbeat or upload that httpx makes."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    chatty = {name: logging.getLogger(name).level for name in ("httpx", "httpcore")}
+    try:
+        setup_logging()
+        answer = httpx.MockTransport(lambda request: httpx.Response(200))
+        with httpx.Client(transport=answer) as client:
+            client.get("https://server.invalid/api/v1/attempts/1/heartbeat")
+        logging.getLogger("runwatch.job").info("attempt 1: running true")
+    finally:
+        root.handlers[:], root.level = saved
+        for name, level in chatty.items():
+            logging.getLogger(name).setLevel(level)
+    err = capsys.readouterr().err
+    assert "attempt 1: running true" in err
+    assert "HTTP Request" not in err

@@ -163,6 +163,10 @@ def setup_logging() -> None:
         format="%(asctime)s runwatch-job[%(process)d] %(levelname)s %(message)s",
         force=True,
     )
+    # httpx logs each request at INFO: a line per heartbeat and report sent to the web
+    # server, five per output written by https, all of them noise among the step's lines.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def run_attempt(db: Database | Reporter, attempt_id: int, host: str) -> int:
