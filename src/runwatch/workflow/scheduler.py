@@ -238,8 +238,7 @@ class Scheduler:
         (queued, running), self._in_flight = self._in_flight, None
         used = queued + running
         capacity = self.executor.capacity()
-        ahead = self.executor.queue_ahead() + self._deeper
-        if used >= capacity and queued >= max(capacity, ahead // 2):
+        if used >= capacity and queued >= max(capacity, self._queue_ahead() // 2):
             # Every slot is busy and half the queue or a round of jobs is still queued:
             # refill later, in one batch, rather than one job per job that ends (a tick
             # per job was most of the scheduler's cost per task).
@@ -248,10 +247,13 @@ class Scheduler:
         if self._filled:
             self._filled = False
             self._deepen(queued, running)
-            ahead = self.executor.queue_ahead() + self._deeper
-        free = capacity + ahead - used
+        free = capacity + self._queue_ahead() - used
         self._room = max(free, 0)
         return max(free, 0)
+
+    def _queue_ahead(self) -> int:
+        """Threads' worth of jobs to keep queued beyond the slots now."""
+        return self.executor.queue_ahead() + self._deeper
 
     def _deepen(self, queued: int, running: int) -> None:
         """Adjust the queue's depth at a refill after a round that filled it, from the
@@ -266,7 +268,7 @@ class Scheduler:
         if queued == 0:
             self._deeper = min(self._deeper + capacity, most)
         elif queued >= capacity and running >= capacity:
-            self._deeper = max(min(self._deeper - 1, most), 0)
+            self._deeper = max(self._deeper - 1, 0)
 
     def _choose(self, tx: sa.Connection, free: int) -> list[ReadyTask]:
         """Up to ``free`` threads' worth of READY tasks."""
