@@ -25,7 +25,7 @@ BATCHED = CHAIN.replace("    needs: [hist]\n", "    needs: [hist]\n    batch: 2\
 def plan(
     db: Database,
     folder: Path,
-    finished: dict[int, planner.RunShape] | None = None,
+    planned: dict[int, planner.RunShape] | None = None,
     statements: list[str] | None = None,
 ) -> tuple[int, int]:
     """File tasks and run tasks made; ``statements``: those the run tasks took."""
@@ -36,7 +36,7 @@ def plan(
         made = planner.plan_new_files(s, book, utcnow())
         runs = planner.active_runs(s)
         with counted_statements(db) as counted:
-            made_runs = planner.plan_run_tasks(s, RevisionCache(), utcnow(), runs, finished)
+            made_runs = planner.plan_run_tasks(s, RevisionCache(), utcnow(), runs, planned)
         if statements is not None:
             statements += counted
         return made, made_runs
@@ -164,6 +164,7 @@ class LivePlanning:
             self.end_of_run = s.scalar(sa.select(Run.end_of_run_at))
             s.execute(sa.update(Run).values(end_of_run_at=None))
         self.revisions = RevisionCache()
+        self.planned: dict[int, planner.RunShape] = {}  # as the scheduler keeps it
         assert self.plan(0) == 0
 
     def plan(self, at_s: float) -> int:
@@ -175,7 +176,7 @@ class LivePlanning:
             planner.plan_new_files(s, record_revisions(s, pipelines.loaded), now)
             runs = planner.active_runs(s)
             with counted_statements(self.db) as statements:
-                made = planner.plan_run_tasks(s, self.revisions, now, runs)
+                made = planner.plan_run_tasks(s, self.revisions, now, runs, self.planned)
             if not made:  # the planner runs every second: an idle look must stay cheap
                 # (is the run complete, its revisions, the live tasks, anything new?)
                 assert len(statements) <= 4, statements
@@ -211,6 +212,14 @@ class LivePlanning:
                 )
                 found["final" if task.final else f"batch:{task.batch}"] = (task.state, names)
             return found
+
+    def status(self) -> RunStatus:
+        """The run's status, as the scheduler updates it after planning."""
+        with self.db.session() as s:
+            planner.update_run_statuses(s, T0, planner.active_runs(s), self.planned)
+            status = s.scalar(sa.select(Run.status))
+            assert status is not None
+            return status
 
     def end_the_run(self) -> None:
         with self.db.session() as s:
@@ -261,20 +270,43 @@ def test_the_final_merge_waits_for_a_live_one_and_starts_from_the_last_done(
     assert live.plan(122) == 0, "one final"
 
 
+def test_a_run_is_not_completed_while_its_final_task_is_still_to_make(
+    db: Database, tmp_path: Path
+) -> None:
+    """The planner looks while the last live merge runs (the final must wait for it);
+    the live merge ends before the run statuses are updated. Every task is then settled,
+    but the final merge is still to make: the run must stay Rec Running, or it is
+    completed without it and never planned again."""
+    live = LivePlanning(db, tmp_path)
+    live.hist_done(1, 2, 3, 4)
+    assert live.plan(0) == 1
+    live.set_state("batch:1", TaskState.RUNNING)
+    live.end_the_run()
+    assert live.plan(60) == 0, "the final waits for the live merge"
+    with db.session() as s:  # the live merge, and everything else, ends
+        s.execute(sa.update(Task).values(state=TaskState.DONE))
+    assert live.status() is RunStatus.REC_RUNNING
+    assert live.plan(61) == 1, "the final merge, at the next look"
+    assert live.status() is RunStatus.REC_RUNNING
+    with db.session() as s:
+        s.execute(sa.update(Task).values(state=TaskState.DONE))
+    assert live.status() is RunStatus.ALL_COMPLETED
+
+
 def test_a_run_with_its_final_tasks_made_is_looked_at_again_only_when_it_changes(
     db: Database, tmp_path: Path
 ) -> None:
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "chain.yaml").write_text(CHAIN)
     announce_run(db, tmp_path / "raw", 1, 3)
-    finished: dict[int, planner.RunShape] = {}
+    planned: dict[int, planner.RunShape] = {}
 
     def plan_runs() -> tuple[int, int]:
         """Run tasks made, and statements it took."""
         statements: list[str] = []
-        return plan(db, tmp_path / "p", finished, statements)[1], len(statements)
+        return plan(db, tmp_path / "p", planned, statements)[1], len(statements)
 
-    assert plan_runs()[0] == 1 and len(finished) == 1, "the merge is made: run finished"
+    assert plan_runs()[0] == 1 and len(planned) == 1, "the merge is made: all planned"
     assert plan_runs() == (0, 0), "nothing to ask the database while the run is unchanged"
     late = raw_file(tmp_path / "raw", 1, 4)
     with db.session() as s:
@@ -284,4 +316,4 @@ def test_a_run_with_its_final_tasks_made_is_looked_at_again_only_when_it_changes
     assert plan_runs() == (0, 0)
     with db.session() as s:  # the run is no longer active: forgotten
         s.execute(sa.update(Run).values(status=RunStatus.ALL_COMPLETED))
-    assert plan_runs() == (0, 0) and finished == {}
+    assert plan_runs() == (0, 0) and planned == {}

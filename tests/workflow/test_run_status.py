@@ -23,3 +23,8 @@ def test_run_with_a_failure_for_good_is_partly_completed() -> None:
 def test_run_with_everything_done_or_nothing_to_do_is_all_completed() -> None:
     assert derive_run_status(True, {S.DONE: 4}) is RunStatus.ALL_COMPLETED
     assert derive_run_status(True, {}) is RunStatus.ALL_COMPLETED
+
+
+def test_run_with_a_run_task_still_to_make_is_rec_running() -> None:
+    assert derive_run_status(True, {S.DONE: 4}, all_made=False) is RunStatus.REC_RUNNING
+    assert derive_run_status(True, {S.FAILED: 1}, all_made=False) is RunStatus.REC_RUNNING

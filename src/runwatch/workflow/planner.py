@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -179,26 +179,33 @@ def _shape(run: Run) -> RunShape:
     return (run.n_files, run.end_of_run_at, run.expected_files)
 
 
+def all_planned(planned: Mapping[int, RunShape], run: Run) -> bool:
+    """Whether ``run``'s files are all in and its run-scoped tasks all made, as
+    ``plan_run_tasks`` last found (``planned``) and the run still is."""
+    return planned.get(run.id) == _shape(run)
+
+
 def plan_run_tasks(
     session: Session,
     revisions: RevisionCache,
     now: dt.datetime,
     runs: Iterable[Run],
-    finished: dict[int, RunShape] | None = None,
+    planned: dict[int, RunShape] | None = None,
 ) -> int:
     """Make the run-scoped tasks that are due for these runs; returns tasks made.
 
-    ``finished``, kept by the caller from one call to the next: the runs whose final
-    tasks were all made, as they were then; they are skipped while unchanged (three
-    queries a run at every full tick of the scheduler, for nothing, while a run's last
-    tasks run). Runs not among ``runs`` are forgotten."""
+    ``planned``, kept by the caller from one call to the next: the runs whose files are
+    all in and whose final tasks were all made, as they were then (``all_planned``).
+    They are skipped while unchanged (three queries a run at every full tick of the
+    scheduler, for nothing, while a run's last tasks run), and only they may be
+    completed (``update_run_statuses``). Runs not among ``runs`` are forgotten."""
     made = 0
     runs = list(runs)
-    if finished is not None:
-        for run_id in finished.keys() - {run.id for run in runs}:
-            del finished[run_id]
+    if planned is not None:
+        for run_id in planned.keys() - {run.id for run in runs}:
+            del planned[run_id]
     for run in runs:
-        if finished is not None and finished.get(run.id) == _shape(run):
+        if planned is not None and all_planned(planned, run):
             continue
         complete = run_is_complete(session, run)
         all_made = complete
@@ -215,8 +222,8 @@ def plan_run_tasks(
                     made += _plan_live(session, run, revision_id, pipeline, step, now)
                 elif step.batch:
                     made += _plan_batches(session, run, revision_id, pipeline, step, now)
-        if finished is not None and all_made:
-            finished[run.id] = _shape(run)
+        if planned is not None and all_made:
+            planned[run.id] = _shape(run)
     session.flush()
     return made
 
@@ -445,8 +452,16 @@ def _plan_batches(
     return made
 
 
-def update_run_statuses(session: Session, now: dt.datetime, runs: Iterable[Run]) -> int:
-    """Derive each run's status from its files and tasks; returns runs whose status changed."""
+def update_run_statuses(
+    session: Session, now: dt.datetime, runs: Iterable[Run], planned: Mapping[int, RunShape]
+) -> int:
+    """Derive each run's status from its files and tasks; returns runs whose status changed.
+
+    ``planned`` is ``plan_run_tasks``'s: a run whose files are all in is settled only once
+    its run-scoped tasks are all made. A final task still due (it waited for the live
+    task that ran when the planner looked, and that has ended since) keeps the run Rec
+    Running until the planner makes it; otherwise the run was completed without it, and
+    never looked at again."""
     changed = 0
     for run in runs:
         counts = {
@@ -457,7 +472,8 @@ def update_run_statuses(session: Session, now: dt.datetime, runs: Iterable[Run])
                 .group_by(Task.state)
             )
         }
-        status = derive_run_status(run_is_complete(session, run), counts)
+        made = all_planned(planned, run)
+        status = derive_run_status(made or run_is_complete(session, run), counts, made)
         if status is not run.status:
             run.status = status
             run.updated_at = now
@@ -468,11 +484,14 @@ def update_run_statuses(session: Session, now: dt.datetime, runs: Iterable[Run])
     return changed
 
 
-def derive_run_status(complete: bool, counts: dict[TaskState, int]) -> RunStatus:
-    """Pure: a run's status from whether its files are all in and its task counts by state."""
+def derive_run_status(
+    complete: bool, counts: dict[TaskState, int], all_made: bool = True
+) -> RunStatus:
+    """Pure: a run's status from whether its files are all in, its task counts by state,
+    and whether its run-scoped tasks are all made."""
     if not complete:
         return RunStatus.DATA_TAKING
-    if any(n for state, n in counts.items() if state not in SETTLED):
+    if not all_made or any(n for state, n in counts.items() if state not in SETTLED):
         return RunStatus.REC_RUNNING
     if any(counts.get(state, 0) for state in DEAD_END):
         return RunStatus.PARTLY_COMPLETED

@@ -136,7 +136,7 @@ class Scheduler:
         # it was deep enough).
         self._deeper = 0
         self._filled = False
-        self._finished_runs: dict[int, planner.RunShape] = {}  # see plan_run_tasks
+        self._planned_runs: dict[int, planner.RunShape] = {}  # see plan_run_tasks
         self._seen_change: Signal | None = None  # the read that ended the last wait
         self.folder = PipelineFolder(settings.pipelines)
         self.book = PipelineBook()
@@ -166,13 +166,15 @@ class Scheduler:
             release_overlooked(session, now)
             runs = planner.active_runs(session)
             report.planned += planner.plan_run_tasks(
-                session, self.revisions, now, runs, self._finished_runs
+                session, self.revisions, now, runs, self._planned_runs
             )
         report.ended += self.supervise()
         report.submitted += self.submit_ready()
         with self.db.session() as session:
             runs = planner.active_runs(session)
-            report.runs_changed += planner.update_run_statuses(session, self.clock(), runs)
+            report.runs_changed += planner.update_run_statuses(
+                session, self.clock(), runs, self._planned_runs
+            )
         return report
 
     def run_quick(self) -> TickReport:
