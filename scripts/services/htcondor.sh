@@ -62,8 +62,31 @@ condor_shared_dirs() {
   } | sort -u | awk '{ for (i = 1; i <= n; i++) if (index($0 "/", kept[i] "/") == 1) next; kept[++n] = $0; print }'
 }
 
+# Mounts in the chroot whose host folder has been deleted since (mountinfo's root field
+# ends in //deleted): a clone that CI removed. Each keeps its deleted tree on disk.
+condor_stale_mounts() {
+  as_root awk -v root="$CONDOR_ROOT/" \
+    '$4 ~ /\/\/deleted$/ && index($5, root) == 1 { print $5 }' /proc/self/mountinfo
+}
+
+# DIR at the same path in the chroot: the folder there now, not one of the same name that
+# an earlier start mounted and that was since deleted and made anew (CI clones each
+# commit to the same path; a job would import the old, deleted sources, or none).
+condor_share() {
+  local dir=$1 target=$CONDOR_ROOT$1
+  while as_root mountpoint -q "$target"; do
+    [ "$(stat -c %d:%i "$dir")" = "$(as_root stat -c %d:%i "$target")" ] && return 0
+    as_root umount -l "$target" || die "htcondor: cannot unmount the stale $target"
+  done
+  as_root mkdir -p "$target"
+  as_root mount --bind "$dir" "$target"
+}
+
 condor_shared_mounts() {
   local dir
+  while read -r dir; do
+    as_root umount -l "$dir" 2>/dev/null || true  # gone with a stale mount above it
+  done < <(condor_stale_mounts | sort -r)
   while read -r dir; do
     [ -d "$dir" ] || continue
     case $dir in
@@ -73,8 +96,7 @@ condor_shared_mounts() {
         continue
         ;;
     esac
-    as_root mkdir -p "$CONDOR_ROOT$dir"
-    condor_mount --bind "$dir" "$CONDOR_ROOT$dir"
+    condor_share "$dir"
   done < <(condor_shared_dirs)
   # Parents made for the mounts (e.g. /root) must let the job user through.
   as_root chmod 711 "$CONDOR_ROOT/root"

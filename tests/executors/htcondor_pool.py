@@ -69,6 +69,9 @@ def pool_root(job_user: str) -> Iterator[Path]:
         (root / sub).mkdir()
     hand_over(root, job_user)
     yield root
+    # The jobs' logs, which say why a job failed: pytest shows them only for a failed test.
+    for log in sorted(root.rglob("*.log")):
+        print(f"--- {log}:\n{log.read_text(errors='replace')[-4000:]}")
     shutil.rmtree(root, ignore_errors=True)
 
 
