@@ -106,6 +106,7 @@ class BatchSystem:
         self.submitted: list[str] = []
         self.polled: list[str] = []
         self.cancelled: list[str] = []
+        self.ended: dict[str, JobInfo] = {}  # what poll says of jobs that a test ended
 
     def capacity(self) -> int:
         return self.slots
@@ -120,7 +121,7 @@ class BatchSystem:
 
     def poll(self, external_ids: Sequence[str]) -> dict[str, JobInfo]:
         self.polled += external_ids
-        return {ext: JobInfo(JobStatus.QUEUED) for ext in external_ids}
+        return {ext: self.ended.get(ext, JobInfo(JobStatus.QUEUED)) for ext in external_ids}
 
     def cancel(self, external_id: str) -> None:
         self.cancelled.append(external_id)

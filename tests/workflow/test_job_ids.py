@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from runwatch.config import Settings
 from runwatch.db import Database
-from runwatch.executors.base import own_job_id
+from runwatch.executors.base import JobInfo, JobStatus, own_job_id
 from runwatch.executors.local import LocalExecutor
 from runwatch.workflow.models import Attempt
 from runwatch.workflow.scheduler import Scheduler
@@ -26,7 +26,9 @@ from tests.workflow.engine import CHAIN, BatchSystem, announce_run, write_pipeli
 def sleepy(pids: Path) -> str:
     """The chain, its first step writing its shell's pid into ``pids`` and sleeping."""
     return CHAIN.replace(
-        'command: "cp', f'command: "echo $$ > {pids}/pid.$RUNWATCH_ATTEMPT; sleep 30; cp'
+        'command: "cp',
+        f'command: "echo step $RUNWATCH_ATTEMPT sleeps; echo $$ > {pids}/pid.$RUNWATCH_ATTEMPT;'
+        " sleep 30; cp",
     )
 
 
@@ -48,6 +50,33 @@ def test_a_batch_systems_job_ids_are_stored_and_polled(
     assert len(executor.submitted) == 2
     scheduler.supervise()
     assert sorted(executor.polled) == sorted(executor.submitted)
+
+
+def test_a_job_that_ended_without_reporting_leaves_its_exit_code_and_log(
+    db: Database, settings: Settings, tmp_path: Path
+) -> None:
+    """A batch job whose wrapper died before it could report (here: it could not even be
+    imported): the scheduler records the job's exit code and its log's end, so that an
+    operator sees why without looking for the file."""
+    write_pipeline(settings)
+    announce_run(db, tmp_path / "raw", 7, 1)
+    executor = BatchSystem()
+    scheduler = Scheduler(settings, db, executor)
+    scheduler.run_once()
+    with db.session() as s:
+        [(attempt_id, external_id, log_path)] = s.execute(
+            sa.select(Attempt.id, Attempt.external_id, Attempt.log_path)
+        )
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(log_path).write_text("/usr/bin/python3: No module named runwatch\n")
+    executor.ended[external_id] = JobInfo(JobStatus.GONE, exit_code=1)
+    scheduler.supervise()
+    with db.session() as s:
+        lost = s.get_one(Attempt, attempt_id)
+        assert lost.state is AttemptState.LOST
+        assert lost.reason == "job ended without reporting (exit code 1)"
+        assert lost.exit_code == 1
+        assert lost.log_tail == "/usr/bin/python3: No module named runwatch\n"
 
 
 def test_local_job_ids_are_derived_not_stored_and_a_dead_worker_is_found(
@@ -81,6 +110,8 @@ def test_local_job_ids_are_derived_not_stored_and_a_dead_worker_is_found(
             lost = s.get_one(Attempt, first)
             assert lost.state is AttemptState.LOST, lost.reason
             assert lost.reason == "job ended without reporting: its worker died"
+            # The wrapper could not record its log's end; the scheduler did.
+            assert f"step {first} sleeps" in (lost.log_tail or ""), lost.log_tail
         cancelled_step.wait(10)  # killed by the sweep of cancelled attempts
         step.kill()  # the dead worker's orphan
     finally:

@@ -47,6 +47,7 @@ import sqlalchemy as sa
 
 from runwatch.db import Database
 from runwatch.jobs.environment import DATABASE_URL_ENV, JOB_ENV_FILE
+from runwatch.jobs.logs import log_tail
 from runwatch.jobs.report import (
     DatabaseReporter,
     HttpReporter,
@@ -77,7 +78,6 @@ EXIT_UNRECORDED = 3
 EXIT_STOPPED = 128 + signal.SIGTERM  # as a shell reports a process SIGTERM ended
 
 KILL_GRACE_S = 2.0  # SIGTERM first, so that a step can flush; SIGKILL after this
-LOG_TAIL_BYTES = 4096
 WATCH_SLICE_S = 0.25  # the monitor also acts on kills the signal handler asked for
 
 
@@ -654,16 +654,6 @@ def store_outputs(spec: JobSpec, workdir: Path) -> list[OutputRecord]:
         url, size, checksum = stage_out(source, spec["destination"], source.name, policy)
         records.append(OutputRecord(name=name, url=url, size=size, adler32=checksum))
     return records
-
-
-def log_tail(path: Path, size: int = LOG_TAIL_BYTES) -> str | None:
-    try:
-        with open(path, "rb") as stream:
-            stream.seek(0, os.SEEK_END)
-            stream.seek(max(0, stream.tell() - size))
-            return stream.read().decode("utf-8", errors="replace")
-    except OSError:
-        return None
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from runwatch.catalogue.models import RunStatus
 from runwatch.dqm.histogram import HistogramFileError, read_file
 from runwatch.dqm.trends import quantities
+from runwatch.jobs.logs import read_tail
 from runwatch.storage.cache import OutputCache, output_cache
 from runwatch.storage.transfer import StageError
 from runwatch.storage.urls import URLError
@@ -343,10 +344,7 @@ def log_text(path: Path | None, tail: str | None) -> tuple[str, bool]:
     """The end of a log file (or the attempt's recorded tail); whether it was cut."""
     if path is None:
         return tail or "", False
-    with path.open("rb") as f:
-        size = f.seek(0, 2)
-        f.seek(max(0, size - LOG_BYTES))
-        return f.read().decode("utf-8", errors="replace"), size > LOG_BYTES
+    return read_tail(path, LOG_BYTES)
 
 
 @router.get("/tasks/{task_id}/log", response_class=HTMLResponse)

@@ -33,6 +33,7 @@ from runwatch.executors.base import (
 )
 from runwatch.ingest.models import MESSAGES
 from runwatch.jobs.environment import job_environment, wrapper_command
+from runwatch.jobs.logs import log_tail
 from runwatch.workflow import lease, planner
 from runwatch.workflow.models import ATTEMPTS, TASKS, Attempt, Task
 from runwatch.workflow.nudge import NudgeListener, socket_path
@@ -431,13 +432,20 @@ class Scheduler:
             if verdict is None:
                 continue
             with self.db.session() as session:
+                # The wrapper records its log's end when it reports; one that could not
+                # (it never started, was killed, or went silent) leaves the scheduler to,
+                # so that the reason comes with what the job said (``tasks show``).
+                log_path = session.scalar(
+                    sa.select(Attempt.log_path).where(Attempt.id == attempt.id)
+                )
+                outcome = AttemptOutcome(
+                    state=verdict.state,
+                    reason=verdict.reason,
+                    exit_code=info.exit_code if info is not None else None,
+                    log_tail=log_tail(log_path),
+                )
                 done = finish_attempt(
-                    session,
-                    attempt.id,
-                    AttemptOutcome(state=verdict.state, reason=verdict.reason),
-                    self.policy,
-                    now,
-                    expect=attempt.state,
+                    session, attempt.id, outcome, self.policy, now, expect=attempt.state
                 )
             if done:
                 ended += 1
