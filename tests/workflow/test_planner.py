@@ -22,6 +22,12 @@ from tests.workflow.engine import CHAIN, announce_run, message, raw_file
 BATCHED = CHAIN.replace("    needs: [hist]\n", "    needs: [hist]\n    batch: 2\n")
 
 
+def write_pipeline_folder(folder: Path, text: str) -> None:
+    """A pipeline folder holding ``text`` as its one pipeline file."""
+    folder.mkdir()
+    (folder / "chain.yaml").write_text(text)
+
+
 def plan(
     db: Database,
     folder: Path,
@@ -45,8 +51,7 @@ def plan(
 def test_file_steps_are_chained_and_the_merge_waits_for_the_end_of_run(
     db: Database, tmp_path: Path
 ) -> None:
-    (tmp_path / "p").mkdir()
-    (tmp_path / "p" / "chain.yaml").write_text(CHAIN)
+    write_pipeline_folder(tmp_path / "p", CHAIN)
     announce_run(db, tmp_path / "raw", 1, 3)
     assert plan(db, tmp_path / "p") == (9, 1)
     assert plan(db, tmp_path / "p") == (0, 0), "planning twice makes nothing twice"
@@ -60,8 +65,7 @@ def test_file_steps_are_chained_and_the_merge_waits_for_the_end_of_run(
 
 
 def test_no_merge_before_the_run_ends_unless_batched(db: Database, tmp_path: Path) -> None:
-    (tmp_path / "p").mkdir()
-    (tmp_path / "p" / "chain.yaml").write_text(BATCHED)
+    write_pipeline_folder(tmp_path / "p", BATCHED)
     announce_run(db, tmp_path / "raw", 2, 5)
     with db.session() as s:  # pretend the end of run was never seen
         s.execute(sa.update(Run).values(end_of_run_at=None))
@@ -82,8 +86,7 @@ def test_a_batch_of_transitions_moves_only_the_tasks_still_in_the_old_state(
     any_db: Database, tmp_path: Path
 ) -> None:
     """transition_each: one batch, each row guarded; a task moved meanwhile stays put."""
-    (tmp_path / "p").mkdir()
-    (tmp_path / "p" / "chain.yaml").write_text(CHAIN)
+    write_pipeline_folder(tmp_path / "p", CHAIN)
     announce_run(any_db, tmp_path / "raw", 1, 4)
     plan(any_db, tmp_path / "p")
     with any_db.session() as s:
@@ -112,8 +115,7 @@ def test_a_task_whose_needs_all_ended_without_releasing_it_is_released_by_the_sw
 ) -> None:
     """Two needed tasks that end at the same moment on a server can each miss the other's
     commit; the scheduler's sweep then makes the task that needs them READY."""
-    (tmp_path / "p").mkdir()
-    (tmp_path / "p" / "chain.yaml").write_text(CHAIN)
+    write_pipeline_folder(tmp_path / "p", CHAIN)
     announce_run(any_db, tmp_path / "raw", 1, 2)
     plan(any_db, tmp_path / "p")
     with any_db.session() as s:
@@ -296,8 +298,7 @@ def test_a_run_is_not_completed_while_its_final_task_is_still_to_make(
 def test_a_run_with_its_final_tasks_made_is_looked_at_again_only_when_it_changes(
     db: Database, tmp_path: Path
 ) -> None:
-    (tmp_path / "p").mkdir()
-    (tmp_path / "p" / "chain.yaml").write_text(CHAIN)
+    write_pipeline_folder(tmp_path / "p", CHAIN)
     announce_run(db, tmp_path / "raw", 1, 3)
     planned: dict[int, planner.RunShape] = {}
 
